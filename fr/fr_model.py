@@ -1,0 +1,82 @@
+"""The FR network trained by ``train_fr``: backbone + optional CR-FIQA quality head, and its
+world-size-independent training checkpoint (safetensors for weights, JSON for counters, torch.save
+only for optimizer state, always read back with ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fr.backbones import build_backbone
+from fr.crfiqa import QualityHead
+from fr.partial_fc import PartialFCHead
+
+NET_FILE, HEAD_FILE, OPTIM_FILE, STATE_FILE = "net.safetensors", "head.safetensors", "optimizer.pt", "state.json"
+HEAD_MOMENTUM_KEY = "momentum"
+
+
+class FRNet(nn.Module):
+    """Backbone (+ quality regressor). ``forward`` returns (embedding, predicted CR or None)."""
+
+    def __init__(self, backbone: nn.Module, embedding_size: int, crfiqa: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.quality = QualityHead(embedding_size) if crfiqa else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        emb = self.backbone(x)
+        return emb, (self.quality(emb.float()) if self.quality is not None else None)
+
+
+def build_fr_net(backbone: str, embedding_size: int, crfiqa: bool, backbone_kwargs: dict | None = None) -> FRNet:
+    return FRNet(build_backbone(backbone, embedding_size, **(backbone_kwargs or {})), embedding_size, crfiqa)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def head_momentum(head: PartialFCHead, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """This rank's SGD momentum of the head weight (zeros before the first step)."""
+    buf = optimizer.state.get(head.weight, {}).get("momentum_buffer")
+    return buf if buf is not None else torch.zeros_like(head.weight)
+
+
+def save_fr_checkpoint(directory: str | Path, net: nn.Module, head: PartialFCHead,
+                       net_optimizer: torch.optim.Optimizer, head_optimizer: torch.optim.Optimizer,
+                       state: dict[str, Any], write: bool) -> None:
+    """Collective: every rank must call it (the head is gathered); only ``write=True`` ranks write files."""
+    head_state = head.full_state_dict()
+    head_state[HEAD_MOMENTUM_KEY] = head.gather_rows(head_momentum(head, head_optimizer))
+    if not write:
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in _unwrap(net).state_dict().items()}, str(directory / NET_FILE))
+    save_file({k: v.detach().cpu().contiguous() for k, v in head_state.items()}, str(directory / HEAD_FILE))
+    torch.save(net_optimizer.state_dict(), directory / OPTIM_FILE)
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+
+def load_fr_checkpoint(directory: str | Path, net: nn.Module, head: PartialFCHead,
+                       net_optimizer: torch.optim.Optimizer | None, head_optimizer: torch.optim.Optimizer | None,
+                       device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Restore what :func:`save_fr_checkpoint` wrote, at any world size. Returns the saved counters."""
+    directory = Path(directory)
+    for name in (NET_FILE, HEAD_FILE, STATE_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"checkpoint {directory} lacks {name}")
+    _unwrap(net).load_state_dict(load_file(str(directory / NET_FILE), device=str(device)), strict=True)
+    head_state = load_file(str(directory / HEAD_FILE))
+    momentum = head_state.pop(HEAD_MOMENTUM_KEY, None)
+    head.load_full_state_dict(head_state)
+    if net_optimizer is not None and (directory / OPTIM_FILE).is_file():
+        net_optimizer.load_state_dict(torch.load(directory / OPTIM_FILE, map_location=device, weights_only=True))
+    if head_optimizer is not None and momentum is not None:
+        head_optimizer.state[head.weight]["momentum_buffer"] = head.local_rows(momentum).to(head.weight.device)
+    return json.loads((directory / STATE_FILE).read_text())

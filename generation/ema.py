@@ -1,0 +1,48 @@
+"""Exponential moving average of model weights (the EMA weights VIGFace samples with).
+
+Built on ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn`` (a fused
+``torch._foreach_lerp_`` per update). Buffers are copied, not averaged (the DiT's only buffer is the
+fixed positional embedding).
+"""
+from __future__ import annotations
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+class EMA:
+    """``ema <- decay * ema + (1 - decay) * param`` on every ``update``; starts as a copy of ``model``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.9999) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay = decay
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+        self.averaged.requires_grad_(False)
+        # AveragedModel copies the model on its first update; the copy made here already is ema_0,
+        # so count it as averaged and every update is an EMA step.
+        self.averaged.n_averaged.fill_(1)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The averaged model (use for evaluation and sampling)."""
+        return self.averaged.module
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """One EMA step towards the current parameters of ``model``."""
+        self.averaged.update_parameters(model)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Overwrite the parameters of ``model`` with the EMA parameters."""
+        for p_model, p_ema in zip(model.parameters(), self.module.parameters(), strict=True):
+            p_model.copy_(p_ema.to(p_model.device, p_model.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "averaged": self.averaged.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if float(state["decay"]) != self.decay:
+            raise ValueError(f"EMA state has decay {state['decay']}, this EMA has {self.decay}")
+        self.averaged.load_state_dict(state["averaged"])

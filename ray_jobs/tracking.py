@@ -1,0 +1,76 @@
+"""The one tracking helper: every job is an MLflow run (SQLite store by default)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from ray_jobs.config import FacesynthConfig, flatten, to_dict
+
+log = logging.getLogger(__name__)
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(cfg: FacesynthConfig) -> str:
+    return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+class Tracker:
+    """Thin wrapper so jobs log the same way whether MLflow is enabled or not."""
+
+    def __init__(self, run: Any | None):
+        self.run = run
+        self.run_id = run.info.run_id if run is not None else None
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        if self.run is None:
+            return
+        import mlflow
+
+        clean = {k: float(v) for k, v in values.items() if v is not None}
+        mlflow.log_metrics(clean, step=step)
+
+    def artifact(self, path: str | Path, subdir: str | None = None) -> None:
+        if self.run is None:
+            return
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path=subdir)
+
+    def json(self, data: Any, name: str) -> None:
+        if self.run is None:
+            return
+        import mlflow
+
+        mlflow.log_dict(data, name)
+
+    def tags(self, values: dict[str, str]) -> None:
+        if self.run is None:
+            return
+        import mlflow
+
+        mlflow.set_tags(values)
+
+
+@contextlib.contextmanager
+def mlflow_run(cfg: FacesynthConfig, job: str) -> Iterator[Tracker]:
+    """Start an MLflow run named ``<run.name>-<job>`` with the resolved config as params."""
+    if not cfg.mlflow.enabled:
+        yield Tracker(None)
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_experiment(cfg.mlflow.experiment)
+    with mlflow.start_run(run_name=f"{cfg.run.name}-{job}") as run:
+        params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
+        mlflow.log_params(params)
+        mlflow.set_tags({"job": job, "run_name": cfg.run.name})
+        mlflow.log_dict(to_dict(cfg), "config.json")
+        tracker = Tracker(run)
+        log.info("MLflow run %s (%s) at %s", run.info.run_id, job, tracking_uri(cfg))
+        yield tracker

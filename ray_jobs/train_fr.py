@@ -1,0 +1,345 @@
+"""``train_fr``: FR training (VIGFace stage 1 and the FR trainer every method reuses) on Ray Train.
+
+The driver resolves the dataset, starts one MLflow run and a ``TorchTrainer``; each worker runs
+:func:`train_loop` (plain PyTorch from ``fr``: backbone under DDP, sharded margin head with virtual
+prototypes, optional CR-FIQA head). Checkpoints every ``checkpoint_every`` steps are independent of the
+world size; rerunning the same ``run.name`` resumes from the latest one, and ``FailureConfig`` restarts
+failed workers from it. At the end the driver exports the backbone and the prototype matrix
+(safetensors + JSON) to ``<run.output_dir>/fr/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from fr.augment import AugmentConfig, FaceAugment
+from fr.crfiqa import certainty_ratio, quality_loss
+from fr.face_dataset import FaceShardDataset
+from fr.fr_model import build_fr_net, load_fr_checkpoint, save_fr_checkpoint
+from fr.margins import build_margin
+from fr.partial_fc import PartialFCHead
+from fr.shards import read_dataset_json
+from fr.training import GlobalBatchOrder, LRSchedule, NonFiniteGuard, clip_and_step, set_lr
+from ray_jobs.cluster import init_ray
+from ray_jobs.config import FacesynthConfig, TrainFRSection, from_dict, to_dict
+from ray_jobs.tracking import mlflow_run, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# paths and validation (driver)
+
+
+def fr_dataset_dir(cfg: FacesynthConfig) -> Path:
+    return Path(cfg.train_fr.dataset or Path(cfg.run.output_dir) / "data" / cfg.prepare.dataset_name / "train")
+
+
+def fr_verify_bins(cfg: FacesynthConfig) -> list[Path]:
+    if cfg.train_fr.verify_bins:
+        bins = [Path(p) for p in cfg.train_fr.verify_bins]
+    else:
+        bins = sorted((fr_dataset_dir(cfg).parent / "verify").glob("*.bin"))
+    missing = [str(p) for p in bins if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"train_fr.verify_bins: not found: {missing}")
+    return bins
+
+
+def fr_export_dir(cfg: FacesynthConfig) -> Path:
+    return Path(cfg.run.output_dir) / "fr" / cfg.run.name
+
+
+def validate_fr_config(t: TrainFRSection, num_images: int) -> None:
+    """Errors that must stop a run before any worker starts."""
+    if t.num_workers < 1:
+        raise ValueError(f"train_fr.num_workers must be >= 1, got {t.num_workers}")
+    if t.batch_size % t.num_workers:
+        raise ValueError(f"train_fr.batch_size {t.batch_size} does not divide across {t.num_workers} workers")
+    if num_images < t.batch_size:
+        raise ValueError(f"the dataset has {num_images} images, fewer than train_fr.batch_size {t.batch_size}")
+    if t.lr_schedule not in ("step", "poly"):
+        raise ValueError(f"train_fr.lr_schedule must be step or poly, got {t.lr_schedule!r}")
+    if t.checkpoint_every < 1:
+        raise ValueError(f"train_fr.checkpoint_every must be >= 1, got {t.checkpoint_every}")
+
+
+# ------------------------------------------------------------------------------------------------
+# worker side
+
+
+class _MlflowLogger:
+    """Rank-0 metric logging into the driver's MLflow run (MlflowClient, no global state)."""
+
+    def __init__(self, uri: str, run_id: str | None, enabled: bool):
+        self.client = None
+        self.run_id = run_id
+        if enabled and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(uri)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()
+                                                   if v is not None and np.isfinite(v)])
+
+    def artifact(self, path: Path, subdir: str | None = None) -> None:
+        if self.client is not None:
+            self.client.log_artifact(self.run_id, str(path), subdir)
+
+
+def _verification_sets(paths: list[str]) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    from fr.binfile import load_bin
+    from fr.images import decode_image
+
+    out = {}
+    for p in paths:
+        images, issame = load_bin(p)
+        out[Path(p).stem] = ([decode_image(b) for b in images], issame)
+    return out
+
+
+def evaluate_backbone(backbone: torch.nn.Module, sets: dict, device: torch.device, batch_size: int = 128,
+                      plot_dir: Path | None = None) -> dict[str, Any]:
+    """10-fold verification (flip test) on every set; returns metrics (and ROC/histogram PNGs)."""
+    from evaluation.plots import plot_roc, plot_similarity_histogram
+    from evaluation.verification import evaluate_pairs, pair_similarities, embed_images
+
+    was_training = backbone.training
+    backbone.eval()
+
+    def embed_fn(x: torch.Tensor) -> torch.Tensor:
+        return backbone(x.to(device)).float().cpu()
+
+    metrics, curves = {}, {}
+    for name, (images, issame) in sets.items():
+        result = evaluate_pairs(embed_fn, images, issame, batch_size=batch_size, flip=True)
+        metrics.update(result.to_metrics(f"verify/{name}/"))
+        curves[name] = (result.fpr, result.tpr, result.auc)
+        if plot_dir is not None:
+            sims = pair_similarities(embed_images(embed_fn, images, batch_size=batch_size, flip=True))
+            plot_similarity_histogram(sims, issame, plot_dir / f"similarity_hist_{name}.png",
+                                      title=f"{name}: genuine vs impostor cosine")
+    if plot_dir is not None and curves:
+        plot_roc(curves, plot_dir / "roc.png")
+    backbone.train(was_training)
+    return metrics
+
+
+def train_loop(loop_config: dict) -> None:
+    """One Ray Train worker. All ranks run the same steps; collectives happen inside the head."""
+    cfg = from_dict(loop_config["cfg"])
+    t = cfg.train_fr
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.run.seed)
+    logger = _MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
+
+    augment = FaceAugment(AugmentConfig(erase_prob=t.augment_prob, rescale_prob=t.augment_prob,
+                                        jitter_prob=t.augment_prob)) if t.augment else None
+    dataset = FaceShardDataset(loop_config["dataset_dir"], augment=augment, seed=cfg.run.seed)
+    order = GlobalBatchOrder(len(dataset), t.batch_size, world, rank, cfg.run.seed)
+    total_steps = t.max_steps or t.epochs * order.steps_per_epoch
+    schedule = LRSchedule(t.lr, t.lr_schedule, order.steps_per_epoch, total_steps, tuple(t.lr_milestones),
+                          int(t.warmup_epochs * order.steps_per_epoch))
+
+    net = build_fr_net(t.backbone, t.embedding_size, t.crfiqa, t.backbone_kwargs)
+    margin = build_margin(t.margin, scale=t.margin_scale, margin=t.margin_m)
+    # embedding_grad_scale=world: DDP averages backbone gradients over ranks, the sharded loss is the
+    # mean over the global batch, so scaling by the world size gives the true global-batch gradient.
+    head = PartialFCHead(loop_config["num_classes"], t.num_virtual, t.embedding_size, margin,
+                         sample_rate=t.sample_rate, seed=cfg.run.seed, embedding_grad_scale=float(world)).to(device)
+    net_opt = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    head_opt = torch.optim.SGD(head.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+    state = {"step": 0, "nonfinite_total": 0, "images_seen": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_fr_checkpoint(d, net, head, net_opt, head_opt, device)
+        log.info("rank %d: resumed from step %d (saved on %s workers)", rank, state["step"], state.get("world_size"))
+    net = ray.train.torch.prepare_model(net) if world > 1 else net.to(device)
+    amp = t.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype == torch.float16 else None
+    guard = NonFiniteGuard(t.max_nonfinite)
+    guard.total = state.get("nonfinite_total", 0)
+    sets = _verification_sets(loop_config["verify_bins"]) if rank == 0 else {}
+    backbone_params = [p for p in net.parameters()]
+    step = state["step"]
+    t_log, n_log = time.perf_counter(), 0
+    metrics: dict[str, float] = {}
+
+    def save(final: bool) -> None:
+        state.update(step=step, nonfinite_total=guard.total, world_size=world, total_steps=total_steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_fr_checkpoint(tmp, net, head, net_opt, head_opt, dict(state), write=rank == 0)
+            report = dict(metrics, step=step, final=float(final))
+            if rank == 0:
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(report)
+
+    while step < total_steps:
+        epoch, start = divmod(step, order.steps_per_epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=list(order.epoch_batches(epoch, start)),
+                                             num_workers=t.loader_workers)
+        dataset.set_epoch(epoch)
+        for images, labels in loader:
+            if t.fail_at_step and step == t.fail_at_step and rank == 0:
+                marker = Path(loop_config["export_dir"]) / f".failed_once_{step}"
+                if not marker.exists():
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.touch()
+                    raise RuntimeError(f"fault injection: worker fails at step {step} (train_fr.fail_at_step)")
+            lr = schedule(step)
+            set_lr([net_opt, head_opt], lr)
+            images, labels = images.to(device, non_blocking=True), labels.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                emb, quality_pred = net(images)
+            out = head(emb.float(), labels)
+            loss = out.loss
+            q_loss = None
+            if quality_pred is not None:
+                q_loss = quality_loss(quality_pred, certainty_ratio(out.ccs, out.nnccs))
+                loss = loss + t.crfiqa_weight * q_loss
+            finite = torch.isfinite(loss.detach()).float()
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
+            net_opt.zero_grad(set_to_none=True)
+            head_opt.zero_grad(set_to_none=True)
+            if guard.check(bool(finite.item()), step):
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                grad_norm = clip_and_step(backbone_params, [net_opt, head_opt], t.grad_clip, scaler)
+            else:
+                grad_norm = float("nan")
+                log.warning("rank %d: non-finite loss at step %d skipped", rank, step)
+            step += 1
+            n_log += images.shape[0] * world
+            state["images_seen"] = state.get("images_seen", 0) + images.shape[0] * world
+            if step % t.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - t_log
+                metrics = {"loss": float(out.loss.detach()), "lr": lr, "grad_norm": grad_norm,
+                           "images_per_s": n_log / max(elapsed, 1e-9), "epoch": step / order.steps_per_epoch,
+                           "nonfinite_total": guard.total, "virtual_per_step": out.num_virtual_samples}
+                if q_loss is not None:
+                    metrics["quality_loss"] = float(q_loss.detach())
+                t_log, n_log = time.perf_counter(), 0
+                if rank == 0:
+                    log.info("step %d/%d %s", step, total_steps,
+                             " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                    logger.metrics(metrics, step)
+            last = step == total_steps
+            if rank == 0 and sets and ((t.eval_every and step % t.eval_every == 0) or last):
+                with tempfile.TemporaryDirectory() as plots:
+                    ev = evaluate_backbone(net.module.backbone if hasattr(net, "module") else net.backbone, sets,
+                                           device, plot_dir=Path(plots) if last else None)
+                    metrics.update(ev)
+                    logger.metrics(ev, step)
+                    log.info("step %d verification: %s", step,
+                             " ".join(f"{k}={v:.4f}" for k, v in ev.items() if k.endswith("accuracy")))
+                    for png in sorted(Path(plots).glob("*.png")):
+                        logger.artifact(png, "verification")
+            if step % t.checkpoint_every == 0 or last:
+                save(final=last)
+            if last:
+                break
+
+
+# ------------------------------------------------------------------------------------------------
+# driver side
+
+
+def export_fr_result(checkpoint_dir: Path, cfg: FacesynthConfig, num_classes: int, identities: list[str],
+                     out_dir: Path) -> dict[str, Path]:
+    """Backbone and prototype matrix (real + virtual, with counts) as safetensors + JSON."""
+    from fr.backbones import save_backbone
+    from fr.prototypes import save_prototypes
+
+    t = cfg.train_fr
+    net = build_fr_net(t.backbone, t.embedding_size, t.crfiqa, t.backbone_kwargs)
+    margin = build_margin(t.margin, scale=t.margin_scale, margin=t.margin_m)
+    head = PartialFCHead(num_classes, t.num_virtual, t.embedding_size, margin, seed=cfg.run.seed)
+    state = load_fr_checkpoint(checkpoint_dir, net, head, None, None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone_prefix = save_backbone(net.backbone, out_dir / "backbone")
+    paths = {"backbone": backbone_prefix}
+    if net.quality is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in net.quality.state_dict().items()}, str(out_dir / "quality.safetensors"))
+        paths["quality"] = out_dir / "quality.safetensors"
+    paths["prototypes"] = save_prototypes(out_dir / "prototypes", head.weight.detach(), num_classes, t.num_virtual,
+                                          identities, {"step": state["step"], "run": cfg.run.name}, overwrite=True)
+    return paths
+
+
+def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
+    t = cfg.train_fr
+    data_dir = fr_dataset_dir(cfg)
+    info = read_dataset_json(data_dir)
+    validate_fr_config(t, info.num_images)
+    bins = fr_verify_bins(cfg)
+    init_ray(cfg.ray)
+    storage = Path(cfg.run.output_dir).resolve() / "ray_train"
+    export_dir = fr_export_dir(cfg).resolve()
+    with mlflow_run(cfg, "train_fr") as tracker:
+        tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images})
+        loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": _absolute_uri(tracking_uri(cfg)),
+                       "dataset_dir": str(data_dir.resolve()), "num_classes": info.num_classes,
+                       "verify_bins": [str(b.resolve()) for b in bins], "export_dir": str(export_dir)}
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                         resources_per_worker={"CPU": t.cpus_per_worker}),
+            run_config=RunConfig(name=f"{cfg.run.name}-train_fr", storage_path=str(storage),
+                                 failure_config=FailureConfig(max_failures=t.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+        )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        seconds = time.perf_counter() - t0
+        if result.checkpoint is None:
+            raise RuntimeError(f"train_fr finished without a checkpoint: {result.error}")
+        with result.checkpoint.as_directory() as d:
+            paths = export_fr_result(Path(d), cfg, info.num_classes, info.identities, export_dir)
+            final_state = json.loads((Path(d) / "state.json").read_text())
+        summary = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        tracker.metrics({"train_seconds": seconds})
+        (export_dir / "metrics.json").write_text(json.dumps({"final": summary, "state": final_state}, indent=1))
+        for name in ("backbone.json", "prototypes.json", "metrics.json"):
+            tracker.artifact(export_dir / name, "fr_model")
+        log.info("train_fr: done in %.1f s; exported %s", seconds, {k: str(v) for k, v in paths.items()})
+        return {"metrics": summary, "paths": paths, "state": final_state}
+
+
+def _absolute_uri(uri: str) -> str:
+    """Workers run in other directories: make a relative sqlite path absolute."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
