@@ -19,7 +19,7 @@ from torch import nn
 from fr.iresnet import IRESNET_LAYERS, IResNet
 from fr.irse import IRSE, IRSE_LAYERS
 
-_COMMON_KWARGS = frozenset({"embedding_size", "dropout", "fp16", "input_size"})
+_COMMON_KWARGS = frozenset({"embedding_size", "dropout", "fp16", "input_size", "auto_resize"})
 _SIZE_KWARGS = frozenset({"layers", "base_width"})  # fixed by the name except for the tiny models
 
 

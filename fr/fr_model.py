@@ -21,20 +21,31 @@ HEAD_MOMENTUM_KEY = "momentum"
 
 
 class FRNet(nn.Module):
-    """Backbone (+ quality regressor). ``forward`` returns (embedding, predicted CR or None)."""
+    """Backbone (+ quality regressor). ``forward`` returns (embedding, predicted CR or None).
 
-    def __init__(self, backbone: nn.Module, embedding_size: int, crfiqa: bool):
+    ``quality_backbone_grad``: whether the CR-FIQA regression loss also trains the backbone (as in
+    CR-FIQA) or only the regressor, on detached embeddings. Joint training from scratch stalled the
+    small toy models (docs/results_toy.md), so the detached probe is the default.
+    """
+
+    def __init__(self, backbone: nn.Module, embedding_size: int, crfiqa: bool, quality_backbone_grad: bool = False):
         super().__init__()
         self.backbone = backbone
         self.quality = QualityHead(embedding_size) if crfiqa else None
+        self.quality_backbone_grad = quality_backbone_grad
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         emb = self.backbone(x)
-        return emb, (self.quality(emb.float()) if self.quality is not None else None)
+        if self.quality is None:
+            return emb, None
+        q_in = emb.float() if self.quality_backbone_grad else emb.detach().float()
+        return emb, self.quality(q_in)
 
 
-def build_fr_net(backbone: str, embedding_size: int, crfiqa: bool, backbone_kwargs: dict | None = None) -> FRNet:
-    return FRNet(build_backbone(backbone, embedding_size, **(backbone_kwargs or {})), embedding_size, crfiqa)
+def build_fr_net(backbone: str, embedding_size: int, crfiqa: bool, backbone_kwargs: dict | None = None,
+                 quality_backbone_grad: bool = False) -> FRNet:
+    return FRNet(build_backbone(backbone, embedding_size, **(backbone_kwargs or {})), embedding_size, crfiqa,
+                 quality_backbone_grad)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IRESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {
@@ -164,6 +165,8 @@ class FaceBackbone(nn.Module):
         dropout: dropout in the output layer; ``None`` takes the family's ``default_dropout``.
         fp16: run the convolutional trunk under autocast; the final Linear + BatchNorm1d stay fp32.
         input_size: square input side, a multiple of 16 (112 for the public models).
+        auto_resize: accept square inputs of any side and resize them (bilinear, antialiased) to
+            ``input_size`` first, e.g. 112px shards into a cheap 48px CPU model.
 
     Subclasses implement ``_build`` (create the modules from the stage plan), ``_trunk`` and
     ``_output_layers`` (the five modules built by :func:`embedding_layers`).
@@ -179,8 +182,10 @@ class FaceBackbone(nn.Module):
         dropout: float | None = None,
         fp16: bool = False,
         input_size: int = 112,
+        auto_resize: bool = False,
     ) -> None:
         super().__init__()
+        self.auto_resize = bool(auto_resize)
         self.side = feature_side(input_size)
         self.input_size = int(input_size)
         self.embedding_size = int(embedding_size)
@@ -203,6 +208,9 @@ class FaceBackbone(nn.Module):
         With ``fp16`` the trunk runs under autocast (fp16 on CUDA, bf16 elsewhere) and the
         Linear + BatchNorm1d run in fp32, as in insightface.
         """
+        if self.auto_resize and x.ndim == 4 and x.shape[-1] == x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                              align_corners=False)
         check_input(x, self.input_size, type(self).__name__)
         bn, dropout, flatten, linear, bn1d = self._output_layers()
         with _trunk_autocast(x.device, self.fp16):

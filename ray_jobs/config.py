@@ -80,6 +80,7 @@ class TrainFRSection:
     sample_rate: float = 1.0  # partial-FC negative class sampling rate (positives always kept)
     crfiqa: bool = False  # CR-FIQA auxiliary quality head
     crfiqa_weight: float = 10.0
+    crfiqa_backbone_grad: bool = False  # True: the quality loss also trains the backbone (CR-FIQA joint training)
     batch_size: int = 512  # global batch over all workers
     epochs: int = 40
     max_steps: int = 0  # > 0: stop after this many steps instead of `epochs`

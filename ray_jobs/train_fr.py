@@ -9,6 +9,7 @@ failed workers from it. At the end the driver exports the backbone and the proto
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -163,7 +164,7 @@ def train_loop(loop_config: dict) -> None:
     schedule = LRSchedule(t.lr, t.lr_schedule, order.steps_per_epoch, total_steps, tuple(t.lr_milestones),
                           int(t.warmup_epochs * order.steps_per_epoch))
 
-    net = build_fr_net(t.backbone, t.embedding_size, t.crfiqa, t.backbone_kwargs)
+    net = build_fr_net(t.backbone, t.embedding_size, t.crfiqa, t.backbone_kwargs, t.crfiqa_backbone_grad)
     margin = build_margin(t.margin, scale=t.margin_scale, margin=t.margin_m)
     # embedding_grad_scale=world: DDP averages backbone gradients over ranks, the sharded loss is the
     # mean over the global batch, so scaling by the world size gives the true global-batch gradient.
@@ -177,7 +178,12 @@ def train_loop(loop_config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_fr_checkpoint(d, net, head, net_opt, head_opt, device)
-        log.info("rank %d: resumed from step %d (saved on %s workers)", rank, state["step"], state.get("world_size"))
+        full_head = head.gather_rows(head.weight)  # collective
+        state.setdefault("resumes", []).append({
+            "step": state["step"], "saved_world_size": state.get("world_size"), "world_size": world,
+            "head_weight_sha1": hashlib.sha1(full_head.detach().cpu().float().numpy().tobytes()).hexdigest()})
+        log.info("rank %d: resumed from step %d (saved on %s workers, now %d)", rank, state["step"],
+                 state.get("world_size"), world)
     net = ray.train.torch.prepare_model(net) if world > 1 else net.to(device)
     amp = t.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
