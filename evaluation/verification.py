@@ -11,6 +11,8 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
+
+from fr.images import to_model_input
 from sklearn.metrics import auc as sk_auc
 from sklearn.metrics import roc_curve
 from sklearn.model_selection import KFold
@@ -192,8 +194,7 @@ def images_to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
     arr = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected RGB uint8 images [B, H, W, 3] of equal size, got {arr.dtype} {arr.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    return (x - PIXEL_MEAN) / PIXEL_SCALE
+    return to_model_input(arr)
 
 
 def _as_float_batch(images: ImageBatch, start: int, stop: int) -> torch.Tensor:

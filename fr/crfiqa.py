@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fr.heads import certainty_scores
+
 DEFAULT_QUALITY_WEIGHT = 10.0  # lambda in CR-FIQA
 
 
@@ -47,11 +49,7 @@ def ccs_nnccs(cosine_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     if batch and (int(labels.min()) < 0 or int(labels.max()) >= classes):
         low, high = int(labels.min()), int(labels.max())
         raise ValueError(f"ccs_nnccs: labels must lie in [0, {classes}), got range [{low}, {high}]")
-    labels = labels.long().unsqueeze(1)
-    ccs = cosine_logits.gather(1, labels).squeeze(1)
-    negatives = cosine_logits.scatter(1, labels, float("-inf"))  # out of place: the own class never wins the max
-    nnccs = negatives.max(dim=1).values
-    return ccs, nnccs
+    return certainty_scores(cosine_logits, labels.long())  # one implementation, shared with the heads (detached)
 
 
 def crfiqa_targets(cosine_logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:

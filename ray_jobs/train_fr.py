@@ -286,7 +286,7 @@ def export_fr_result(checkpoint_dir: Path, cfg: FacesynthConfig, num_classes: in
     from fr.prototypes import save_prototypes
 
     t = cfg.train_fr
-    net = build_fr_net(t.backbone, t.embedding_size, t.crfiqa, t.backbone_kwargs)
+    net = build_fr_net(t.backbone, t.embedding_size, t.crfiqa, t.backbone_kwargs, t.crfiqa_backbone_grad)
     margin = build_margin(t.margin, scale=t.margin_scale, margin=t.margin_m)
     head = PartialFCHead(num_classes, t.num_virtual, t.embedding_size, margin, seed=cfg.run.seed)
     state = load_fr_checkpoint(checkpoint_dir, net, head, None, None)
@@ -300,6 +300,11 @@ def export_fr_result(checkpoint_dir: Path, cfg: FacesynthConfig, num_classes: in
         paths["quality"] = out_dir / "quality.safetensors"
     paths["prototypes"] = save_prototypes(out_dir / "prototypes", head.weight.detach(), num_classes, t.num_virtual,
                                           identities, {"step": state["step"], "run": cfg.run.name}, overwrite=True)
+    if t.num_virtual > 0:
+        from evaluation.dataset_plots import plot_prototype_similarity
+
+        plot_prototype_similarity(head.weight.detach(), num_classes, out_dir / "prototype_similarity.png")
+        paths["prototype_plot"] = out_dir / "prototype_similarity.png"
     return paths
 
 
@@ -335,7 +340,15 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
             paths = export_fr_result(Path(d), cfg, info.num_classes, info.identities, export_dir)
             final_state = json.loads((Path(d) / "state.json").read_text())
         summary = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        tracker.metrics({"train_seconds": seconds})
+        from evaluation.prototype_stats import prototype_cosine_stats
+        from fr.prototypes import load_prototypes
+
+        protos = load_prototypes(export_dir / "prototypes")
+        proto_stats = prototype_cosine_stats(protos.weight, protos.num_real)
+        summary.update({f"prototypes/{k}": v for k, v in proto_stats.items()})
+        tracker.metrics({"train_seconds": seconds, **{f"prototypes/{k}": v for k, v in proto_stats.items()}})
+        if "prototype_plot" in paths:
+            tracker.artifact(paths["prototype_plot"], "fr_model")
         (export_dir / "metrics.json").write_text(json.dumps({"final": summary, "state": final_state}, indent=1))
         for name in ("backbone.json", "prototypes.json", "metrics.json"):
             tracker.artifact(export_dir / name, "fr_model")

@@ -19,6 +19,16 @@ from generation.landmark_map import render_landmark_map
 from generation.sampler import sample
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two OpenMP threads on a shared 2-core machine stall badly under load; one is steady.
+    # (Candidate for a session-wide fixture in tests/conftest.py.)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_zero_terminal_snr_schedule():
     ab = build_scheduler().alphas_cumprod
     assert ab.shape == (1000,)
@@ -98,16 +108,9 @@ def test_training_losses_against_hand_computation():
         training_losses(ZeroModel(), x0, protos, None, t[:2], noise, None)
 
 
-@pytest.fixture
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine stall badly under load; one is steady.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-def test_tiny_dit_overfits_four_images(one_thread):
+def test_tiny_dit_overfits_four_images():
     torch.manual_seed(0)
     size = 8
     model = build_dit("tiny", image_size=size, patch_size=2)
@@ -139,7 +142,6 @@ def test_tiny_dit_overfits_four_images(one_thread):
         loss.backward()
         opt.step()
     after = eval_loss()
-    print("overfit ratio", before / after)
     assert before / after > 10, (before, after)
     # Sampling from each prototype (conditional only) returns the image trained with it.
     out = sample(model.eval(), protos, landmarks, steps=10, guidance=1.0, generator=torch.Generator().manual_seed(2))
