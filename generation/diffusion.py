@@ -105,6 +105,7 @@ def to_fr_input(x: torch.Tensor) -> torch.Tensor:
 
 def identity_loss(embeddings: torch.Tensor, prototypes: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Mean over rows of ||f_FR(x0_hat) - w||^2 (VIGFace eq. 6); L2-normalised first if ``normalize``."""
+    # VIGFace eq. 6
     if normalize:
         embeddings, prototypes = F.normalize(embeddings, dim=1), F.normalize(prototypes, dim=1)
     return (embeddings - prototypes).pow(2).sum(dim=1).mean()

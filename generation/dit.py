@@ -7,8 +7,8 @@ timestep ``t``, an FR prototype ``w`` [B, 512] and the landmark map ``y`` [B, L,
 Conditioning:
 - prototype: an MLP projects ``w`` to the hidden width and the result is ADDED to the timestep
   embedding; the sum drives every adaLN modulation. Rows with ``drop_mask`` True use a learned null
-  embedding instead (classifier-free guidance; the paper zeroes the condition embedding, a learned
-  null vector is the usual equivalent and can be no worse).
+  embedding instead (classifier-free guidance; the paper assigns zeros to the condition embedding,
+  we learn the null vector as DiT does for its null class, as the task brief asks).
 - landmarks: the map is concatenated to the image channels before the patch embedding, so each token
   sees the landmark evidence at its own location (cheap and spatially aligned); it is never dropped.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -123,7 +124,7 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden, num_heads=heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden, mlp_hidden, act_layer=lambda: nn.GELU(approximate="tanh"))
+        self.mlp = Mlp(hidden, mlp_hidden, act_layer=partial(nn.GELU, approximate="tanh"))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

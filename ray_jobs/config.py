@@ -108,12 +108,63 @@ class TrainFRSection:
 
 
 @dataclass
+class TrainDiTSection:
+    dataset: str = ""  # shard directory; empty: the train_fr dataset
+    prototypes: str = ""  # prototype prefix; empty: <run.output_dir>/fr/<run.name>/prototypes
+    fr_backbone: str = ""  # frozen stage-1 backbone prefix for the ID loss; empty: <run.output_dir>/fr/<run.name>/backbone
+    size: str = "B"  # tiny | S | B | L | XL
+    model_kwargs: dict = field(default_factory=dict)  # DiTConfig overrides (patch_size, image_size, ...)
+    batch_size: int = 512  # global
+    max_steps: int = 5_000_000
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    id_weight: float = 0.1  # weight of ||f_FR(x0_hat) - w||^2; 0 = off
+    cond_drop_prob: float = 0.1
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    bf16: bool = True  # autocast on GPU
+    grad_checkpointing: bool = False
+    log_every: int = 50
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 2
+    sample_every: int = 20000  # sample grid of fixed real + virtual prototypes across poses; 0 = end only
+    sample_identities: int = 4  # per kind (real, virtual) in the grid
+    sample_poses: int = 4
+    max_failures: int = 2
+
+
+@dataclass
+class GenerateSection:
+    dit: str = ""  # exported DiT directory; empty: <run.output_dir>/dit/<run.name>
+    prototypes: str = ""  # empty: the train_dit prototypes
+    landmarks_from: str = ""  # shard directory whose landmark sets condition pose; empty: the train_fr dataset
+    which: str = "virtual"  # virtual | real | both
+    num_identities: int = 0  # per kind; 0 = all prototypes of that kind
+    images_per_identity: int = 50
+    augment_real_to: int = 0  # > 0: real-ID augmentation, top every real class below this many images up to it
+    steps: int = 50
+    guidance: float = 4.0
+    eta: float = 0.0
+    batch_size: int = 64
+    num_actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 0.5
+    rows_per_shard: int = 1000
+    dataset_name: str = "vigface_virtual"  # written to <run.output_dir>/data/<dataset_name>/train
+    privacy_check: bool = True  # run the identity-leakage check against the real dataset and record the verdict
+
+
+@dataclass
 class FacesynthConfig:
     run: RunSection = field(default_factory=RunSection)
     ray: RaySection = field(default_factory=RaySection)
     mlflow: MlflowSection = field(default_factory=MlflowSection)
     prepare: PrepareSection = field(default_factory=PrepareSection)
     train_fr: TrainFRSection = field(default_factory=TrainFRSection)
+    train_dit: TrainDiTSection = field(default_factory=TrainDiTSection)
+    generate: GenerateSection = field(default_factory=GenerateSection)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,17 @@ import pytest
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests use tiny tensors; one intra-op thread is steady where two stall on a loaded 2-core box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole test session (2 CPUs, token auth as by default)."""

@@ -19,16 +19,6 @@ from generation.landmark_map import render_landmark_map
 from generation.sampler import sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine stall badly under load; one is steady.
-    # (Candidate for a session-wide fixture in tests/conftest.py.)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_zero_terminal_snr_schedule():
     ab = build_scheduler().alphas_cumprod
     assert ab.shape == (1000,)

@@ -16,16 +16,6 @@ def expected_trailing(n, total=1000):
     return [int(Fraction(total * (n - i), n) + Fraction(1, 2)) - 1 for i in range(n)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine stall badly under load; one is steady.
-    # (Candidate for a session-wide fixture in tests/conftest.py.)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -1,0 +1,215 @@
+"""FR training throughput: the same IResNet-50 + partial-FC ArcFace SGD step, bare PyTorch vs Ray Train.
+
+    python bench/fr_train_throughput.py [--batch 16] [--warmup 2] [--steps 4] [--order bare,ray,bare]
+                                        [--device cpu|cuda] [--out bench/results/fr_train_throughput.json]
+
+Run it from the repository root. Every measurement builds a fresh model (same seed) and runs
+``--warmup`` untimed then ``--steps`` timed steps on one fixed random batch (112x112, random labels):
+data loading is excluded, so this isolates the cost of running the step inside a Ray Train worker
+(``TorchTrainer``, 1 worker holding all CPUs, and the GPU with ``--device cuda``) compared with the
+driver process. Both sides use the same number of torch threads. A measurement's images/s is
+``batch / median step time``; with repeats (``--order bare,ray,bare``) the table shows each run and
+the ratio of the medians (ray / bare).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench.common import REPO_ROOT, format_table, machine_info, write_json  # noqa: E402
+from fr.backbones import build_backbone  # noqa: E402
+from fr.margins import build_margin  # noqa: E402
+from fr.partial_fc import PartialFCHead  # noqa: E402
+from fr.training import clip_and_step  # noqa: E402
+
+TARGET_RATIO = 0.95
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Everything one measurement needs; sent as a dict to the Ray worker."""
+
+    backbone: str = "iresnet50"
+    batch: int = 16
+    num_classes: int = 10_000
+    sample_rate: float = 1.0
+    warmup: int = 2
+    steps: int = 4
+    threads: int = os.cpu_count() or 1
+    lr: float = 0.1
+    grad_clip: float = 5.0
+    seed: int = 0
+
+
+def build_training(cfg: StepConfig, device: torch.device):
+    """Backbone, ArcFace ``PartialFCHead`` (world size 1), two SGD optimizers (as ``train_fr``), one fixed batch."""
+    torch.manual_seed(cfg.seed)
+    net = build_backbone(cfg.backbone).to(device)
+    head = PartialFCHead(cfg.num_classes, 0, 512, build_margin("arcface"), sample_rate=cfg.sample_rate,
+                         seed=cfg.seed).to(device)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4) for m in (net, head)]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images = torch.randn((cfg.batch, 3, 112, 112), generator=gen).to(device)
+    labels = torch.randint(0, cfg.num_classes, (cfg.batch,), generator=gen).to(device)
+    return net, head, optimizers, images, labels
+
+
+def train_step(net, head, optimizers, images, labels, grad_clip: float) -> torch.Tensor:
+    """One optimisation step (forward, margin-softmax loss, backward, clipped SGD); returns the detached loss."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss = head(net(images).float(), labels).loss
+    loss.backward()
+    clip_and_step(list(net.parameters()), optimizers, grad_clip)
+    return loss.detach()
+
+
+def measure(cfg: StepConfig, device: torch.device) -> dict[str, Any]:
+    """Warm up, then time each step (synchronising a GPU); images/s from the median step time."""
+    torch.set_num_threads(cfg.threads)
+    net, head, optimizers, images, labels = build_training(cfg, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(cfg.warmup):
+        train_step(net, head, optimizers, images, labels, cfg.grad_clip)
+    sync()
+    times, loss = [], None
+    for _ in range(cfg.steps):
+        t0 = time.perf_counter()
+        loss = train_step(net, head, optimizers, images, labels, cfg.grad_clip)
+        sync()
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {
+        "images_per_s": cfg.batch / median,
+        "median_step_s": median,
+        "step_s": times,
+        "final_loss": float(loss),
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+        "pid": os.getpid(),
+    }
+
+
+def ray_worker_loop(config: dict) -> None:
+    """Ray Train worker: the same :func:`measure`, reported with ``ray.train.report``.
+
+    Ray Train v2 only keeps the metrics that come with a checkpoint in ``Result.metrics``, so a tiny
+    checkpoint (the metrics as JSON) goes with them; it is written after the timed steps.
+    """
+    import json
+
+    import ray.train
+    import ray.train.torch
+
+    cfg = StepConfig(**config["step"])
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    metrics = measure(cfg, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "metrics.json").write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def run_ray(cfg: StepConfig, use_gpu: bool, worker_cpus: int) -> dict[str, Any]:
+    """One ``TorchTrainer`` run with a single worker; returns the metrics the worker reported."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    with tempfile.TemporaryDirectory() as storage:
+        trainer = TorchTrainer(
+            ray_worker_loop,
+            train_loop_config={"step": asdict(cfg), "use_gpu": use_gpu},
+            scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": worker_cpus}),
+            run_config=RunConfig(name="bench-fr-throughput", storage_path=storage),
+        )
+        result = trainer.fit()
+    if result.error is not None or not result.metrics:
+        raise RuntimeError(f"Ray Train measurement failed: {result.error}")
+    return dict(result.metrics)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=StepConfig.batch)
+    ap.add_argument("--warmup", type=int, default=StepConfig.warmup)
+    ap.add_argument("--steps", type=int, default=StepConfig.steps)
+    ap.add_argument("--classes", type=int, default=StepConfig.num_classes)
+    ap.add_argument("--sample-rate", type=float, default=StepConfig.sample_rate)
+    ap.add_argument("--backbone", default=StepConfig.backbone)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads on both sides")
+    ap.add_argument("--worker-cpus", type=int, default=os.cpu_count() or 1, help="Ray worker CPU resource")
+    ap.add_argument("--order", default="bare,ray,bare", help="comma-separated sequence of bare/ray runs")
+    ap.add_argument("--out", default=str(REPO_ROOT / "bench/results/fr_train_throughput.json"))
+    args = ap.parse_args()
+    order = [s.strip() for s in args.order.split(",") if s.strip()]
+    if not order or set(order) - {"bare", "ray"} or not {"bare", "ray"} <= set(order):
+        raise ValueError(f"--order must list 'bare' and 'ray' runs (comma-separated), got {args.order!r}")
+    if min(args.batch, args.steps, args.threads, args.worker_cpus) < 1 or args.warmup < 0:
+        raise ValueError("--batch, --steps, --threads, --worker-cpus must be >= 1 and --warmup >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    cfg = StepConfig(backbone=args.backbone, batch=args.batch, num_classes=args.classes,
+                     sample_rate=args.sample_rate, warmup=args.warmup, steps=args.steps, threads=args.threads)
+    machine = machine_info(args.device)
+
+    if "ray" in order:
+        import ray
+
+        from ray_jobs.cluster import init_ray
+        from ray_jobs.config import RaySection
+
+        init_ray(RaySection())
+    runs = []
+    for i, kind in enumerate(order):
+        t0 = time.perf_counter()
+        if kind == "bare":
+            res = measure(cfg, torch.device(args.device))
+        else:
+            res = run_ray(cfg, args.device == "cuda", args.worker_cpus)
+        res.update(run=i + 1, kind=kind, wall_s=time.perf_counter() - t0, loadavg_1m=os.getloadavg()[0])
+        runs.append(res)
+        print(f"run {i + 1}/{len(order)} {kind}: {res['images_per_s']:.2f} img/s "
+              f"(median step {res['median_step_s']:.2f} s, wall {res['wall_s']:.0f} s)", flush=True)
+    if "ray" in order:
+        ray.shutdown()
+
+    medians = {k: statistics.median(r["images_per_s"] for r in runs if r["kind"] == k) for k in ("bare", "ray")}
+    ratio = medians["ray"] / medians["bare"]
+    rows = [dict(r, what=f"{r['run']}. {r['kind']}") for r in runs]
+    rows += [{"what": f"median {k}", "images_per_s": v} for k, v in medians.items()]
+    table = format_table(rows, [
+        ("what", "run", str),
+        ("images_per_s", "img/s", "{:.2f}".format),
+        ("median_step_s", "median step s", "{:.2f}".format),
+        ("torch_threads", "torch threads", str),
+        ("OMP_NUM_THREADS", "OMP_NUM_THREADS", lambda v: v or "(unset)"),
+        ("loadavg_1m", "load 1m", "{:.2f}".format),
+    ])
+    header = (f"{cfg.backbone} 112x112, batch {cfg.batch}, PartialFC ArcFace {cfg.num_classes} classes "
+              f"(sample_rate {cfg.sample_rate}), SGD; {cfg.warmup} warm-up + {cfg.steps} timed steps, "
+              f"random tensors (no data loading); device {args.device}, {machine['cpu_model']}, "
+              f"{machine['cpu_count']} CPUs")
+    verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
+    print(f"\n{header}\n{table}\nray/bare = {ratio:.3f} ({verdict} the {TARGET_RATIO} target)")
+    write_json(args.out, {
+        "benchmark": "fr_train_throughput", "config": asdict(cfg), "order": order, "worker_cpus": args.worker_cpus,
+        "machine": machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()], "runs": runs,
+        "median_images_per_s": medians, "ray_over_bare": ratio, "target": TARGET_RATIO,
+        "notes": "images/s = batch / median step time; one fixed random batch, data loading excluded",
+    })
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
