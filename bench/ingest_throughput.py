@@ -61,7 +61,9 @@ def main() -> None:
         ray.shutdown()
 
     results = [{"what": w, "images": n, "seconds": round(s, 3), "images_per_s": round(n / s, 1)} for w, n, s in rows]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.machine())
+    machine = f"{cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     print(f"{'what':60s} {'images':>7s} {'s':>8s} {'img/s':>9s}")
     for r in results:
         print(f"{r['what']:60s} {r['images']:7d} {r['seconds']:8.2f} {r['images_per_s']:9.1f}")

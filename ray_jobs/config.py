@@ -157,6 +157,27 @@ class GenerateSection:
 
 
 @dataclass
+class EvaluateSection:
+    datasets: list[str] = field(default_factory=list)  # shard directories to evaluate (real or synthetic)
+    reference: str = ""  # real reference dataset (normalisation + leakage); empty: the train_fr dataset
+    evaluator: str = ""  # FR backbone prefix (safetensors + json) used for embeddings; empty: <output_dir>/fr/<run.name>/backbone
+    evaluator_quality: str = ""  # CR-FIQA regressor safetensors for diversity; empty: beside the evaluator if present
+    checkpoints: list[str] = field(default_factory=list)  # FR backbones to verify on verify_bins
+    verify_bins: list[str] = field(default_factory=list)  # empty: the toy verify .bin(s)
+    leakage_mode: str = "image"  # image | centre
+    leakage_quantile: float = 0.99  # real nearest-negative level = this quantile of the real per-class maxima
+    max_leak_fraction: float = 0.0  # privacy gate: fraction of synthetic identities allowed above the level
+    sep_threshold: float = 0.3  # Vec2Face-style unique-identity threshold
+    batch_size: int = 256
+    num_actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 0.5
+    query_chunk: int = 4096
+    key_chunk: int = 65536
+    cache_embeddings: bool = True  # embeddings cached as shards beside each dataset (keyed by evaluator)
+
+
+@dataclass
 class FacesynthConfig:
     run: RunSection = field(default_factory=RunSection)
     ray: RaySection = field(default_factory=RaySection)
@@ -165,6 +186,7 @@ class FacesynthConfig:
     train_fr: TrainFRSection = field(default_factory=TrainFRSection)
     train_dit: TrainDiTSection = field(default_factory=TrainDiTSection)
     generate: GenerateSection = field(default_factory=GenerateSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
 
 # --------------------------------------------------------------------------------------------
