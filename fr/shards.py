@@ -203,6 +203,16 @@ def summarize_shards(directory: str | Path) -> tuple[int, dict[int, str], np.nda
     return total, label_to_identity, per_class
 
 
+def check_labels(directory: str | Path, num_classes: int) -> None:
+    """ShardError naming the shard if any label is outside [0, num_classes) (read: the label column only)."""
+    for path in list_shards(directory):
+        labels = read_table(path, columns=["label"]).column("label").to_numpy()
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if len(bad):
+            raise ShardError(f"{path}: label {int(bad[0])} outside the class range [0, {num_classes}) "
+                             f"of {Path(directory) / MANIFEST}")
+
+
 def build_dataset_info(directory: str | Path, image_size: int, provenance: dict[str, Any],
                        extra: dict[str, Any] | None = None) -> DatasetInfo:
     """Manifest from the shards on disk; ShardError if labels are not contiguous 0..C-1."""

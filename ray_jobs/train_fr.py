@@ -33,13 +33,14 @@ from fr.face_dataset import FaceShardDataset
 from fr.fr_model import build_fr_net, load_fr_checkpoint, save_fr_checkpoint
 from fr.margins import build_margin
 from fr.partial_fc import PartialFCHead
-from fr.shards import read_dataset_json
-from fr.training import GlobalBatchOrder, LRSchedule, NonFiniteGuard, clip_and_step, set_lr
+from fr.shards import check_labels, read_dataset_json
+from fr.training import GlobalBatchOrder, LRSchedule, NonFiniteGuard, NonFiniteLossError, clip_and_step, set_lr
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, TrainFRSection, from_dict, to_dict
 from ray_jobs.tracking import mlflow_run, tracking_uri
 
 log = logging.getLogger(__name__)
+STOPPED_FILE = "stopped_nonfinite.json"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +235,17 @@ def train_loop(loop_config: dict) -> None:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
             net_opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
-            if guard.check(bool(finite.item()), step):
+            try:
+                usable = guard.check(bool(finite.item()), step)
+            except NonFiniteLossError as exc:  # every rank agrees (all-reduced flag): stop cleanly, no retry
+                log.error("rank %d: %s", rank, exc)
+                if rank == 0:
+                    Path(loop_config["export_dir"]).mkdir(parents=True, exist_ok=True)
+                    (Path(loop_config["export_dir"]) / STOPPED_FILE).write_text(
+                        json.dumps({"step": step, "nonfinite_total": guard.total, "message": str(exc)}))
+                ray.train.report(dict(metrics, step=step, stopped_nonfinite=1.0))
+                return
+            if usable:
                 if scaler is not None:
                     scaler.scale(loss).backward()
                 else:
@@ -313,10 +324,12 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
     data_dir = fr_dataset_dir(cfg)
     info = read_dataset_json(data_dir)
     validate_fr_config(t, info.num_images)
+    check_labels(data_dir, info.num_classes)
     bins = fr_verify_bins(cfg)
     init_ray(cfg.ray)
     storage = Path(cfg.run.output_dir).resolve() / "ray_train"
     export_dir = fr_export_dir(cfg).resolve()
+    (export_dir / STOPPED_FILE).unlink(missing_ok=True)  # a marker of an earlier stopped attempt
     with mlflow_run(cfg, "train_fr") as tracker:
         tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images})
         loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": _absolute_uri(tracking_uri(cfg)),
@@ -334,6 +347,15 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         result = trainer.fit()
         seconds = time.perf_counter() - t0
+        stopped = export_dir / STOPPED_FILE
+        if stopped.exists():
+            info_stop = json.loads(stopped.read_text())
+            last = result.checkpoint.path if result.checkpoint is not None else "none"
+            tracker.tags({"stopped": "non-finite loss"})
+            raise NonFiniteLossError(
+                f"train_fr stopped at step {info_stop['step']}: {t.max_nonfinite} non-finite losses in a row "
+                f"({info_stop['nonfinite_total']} in all). Last good checkpoint: {last}. "
+                f"Lower train_fr.lr or check the data.")
         if result.checkpoint is None:
             raise RuntimeError(f"train_fr finished without a checkpoint: {result.error}")
         with result.checkpoint.as_directory() as d:

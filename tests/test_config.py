@@ -26,6 +26,7 @@ def test_overrides_are_typed_and_nested():
     assert cfg.run.name == "abc"
     assert cfg.ray.task_cpus == 1.0 and isinstance(cfg.ray.task_cpus, float)
     assert cfg.mlflow.enabled is False
+    assert load_config(None, ["train_fr.lr=1e-4"]).train_fr.lr == 1e-4  # YAML reads 1e-4 as a string
     # untouched keys keep their defaults inside a partially overridden section
     assert cfg.prepare.toy.min_images == FacesynthConfig().prepare.toy.min_images
 

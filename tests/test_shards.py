@@ -3,7 +3,7 @@ import pytest
 
 from fr.face_dataset import FaceShardDataset
 from fr.images import decode_image, encode_image
-from fr.shards import (ShardError, build_dataset_info, iter_records, list_shards, read_dataset_json,
+from fr.shards import (ShardError, build_dataset_info, check_labels, iter_records, list_shards, read_dataset_json,
                        write_dataset_json, write_shard, write_shards)
 
 
@@ -71,3 +71,10 @@ def test_torch_dataset_decodes_and_skips_corrupt(tmp_path):
     strict = FaceShardDataset(tmp_path, skip_corrupt=False)
     with pytest.raises(ValueError, match="record 2"):
         strict[2]
+
+
+def test_check_labels_names_shard(tmp_path):
+    write_shards(tmp_path, _records(3, 2), rows_per_shard=4)
+    check_labels(tmp_path, 3)
+    with pytest.raises(ShardError, match="part-00001.parquet: label 2 outside the class range \\[0, 2\\)"):
+        check_labels(tmp_path, 2)

@@ -10,6 +10,7 @@ from fr.backbones import load_backbone
 from fr.prototypes import load_prototypes
 from ray_jobs.config import load_config
 from ray_jobs.prepare import run_prepare
+from fr.training import NonFiniteLossError
 from ray_jobs.train_fr import run_train_fr
 
 pytestmark = pytest.mark.slow
@@ -62,3 +63,13 @@ def test_kill_and_resume_then_resume_on_one_worker(tmp_path, mlflow_uri, ray_loc
 def test_errors_before_training(tmp_path, mlflow_uri, ray_local):
     with pytest.raises(Exception, match="dataset.json"):
         run_train_fr(_cfg(tmp_path, mlflow_uri))
+    run_prepare(_cfg(tmp_path, mlflow_uri))
+    with pytest.raises(ValueError, match="does not divide across 3 workers"):
+        run_train_fr(_cfg(tmp_path, mlflow_uri, "train_fr.num_workers=3"))
+
+
+def test_nonfinite_losses_stop_the_run_cleanly(tmp_path, mlflow_uri, ray_local):
+    run_prepare(_cfg(tmp_path, mlflow_uri))
+    with pytest.raises(NonFiniteLossError, match="2 non-finite losses in a row.*Last good checkpoint: .*checkpoint_"):
+        run_train_fr(_cfg(tmp_path, mlflow_uri, "train_fr.lr=1e30", "train_fr.grad_clip=0", "train_fr.max_steps=12",
+                          "train_fr.max_nonfinite=2", "train_fr.crfiqa=false"))

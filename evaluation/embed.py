@@ -1,0 +1,228 @@
+"""Embeddings of face shards with an evaluator FR model (backbone + optional CR-FIQA quality head).
+
+Plain torch: :func:`embed_faces` embeds decoded faces in batches (optionally with the flip test),
+:func:`embed_shards` does a whole shard directory in a loop. The Ray job runs the same
+:meth:`Evaluator.embed` inside an actor pool; both give identical rows.
+
+Embeddings are L2-normalised float32 [N, d]; with ``flip`` each is the normalised sum of the
+embeddings of the image and its mirror image. FIQA scores are the quality head's prediction on the
+raw embedding of the unflipped image, the input the head was trained on (``fr.fr_model.FRNet``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from evaluation.verification import images_to_tensor, l2_normalize
+from fr.backbones import BackboneMismatchError, load_backbone, load_state_dict_strict
+from fr.crfiqa import QualityHead
+from fr.images import decode_image
+from fr.shards import list_shards, read_table
+
+
+class EvaluatorMismatchError(ValueError):
+    """The evaluator FR model does not fit the data (input size, embedding size, quality head)."""
+
+
+@dataclass
+class Embeddings:
+    """Rows of one dataset (or shard): unit embeddings [N, d], labels [N], FIQA scores [N] or None."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    fiqa: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = self.embeddings.shape[0]
+        if self.embeddings.ndim != 2 or self.labels.shape != (n,):
+            raise ValueError(f"embeddings [N, d] and labels [N] disagree: {self.embeddings.shape}, {self.labels.shape}")
+        if self.fiqa is not None and self.fiqa.shape != (n,):
+            raise ValueError(f"fiqa must have shape [{n}], got {self.fiqa.shape}")
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def select(self, mask: np.ndarray) -> "Embeddings":
+        """Rows where ``mask`` (bool [N]) is set."""
+        return Embeddings(self.embeddings[mask], self.labels[mask], None if self.fiqa is None else self.fiqa[mask])
+
+    @staticmethod
+    def concat(parts: Sequence["Embeddings"]) -> "Embeddings":
+        """Rows of ``parts`` one after the other; FIQA kept only when every part has it."""
+        if not parts:
+            raise ValueError("no embeddings to concatenate")
+        dims = {p.dim for p in parts}
+        if len(dims) > 1:
+            raise ValueError(f"cannot concatenate embeddings of dimensions {sorted(dims)}")
+        fiqa = None if any(p.fiqa is None for p in parts) else np.concatenate([p.fiqa for p in parts])
+        return Embeddings(np.concatenate([p.embeddings for p in parts]), np.concatenate([p.labels for p in parts]), fiqa)
+
+
+class Evaluator:
+    """A frozen FR backbone (eval mode) and optional quality head on one device."""
+
+    def __init__(self, backbone: nn.Module, quality: QualityHead | None = None, flip: bool = True,
+                 device: str | torch.device = "cpu", name: str = "evaluator"):
+        self.device = torch.device(device)
+        self.backbone = backbone.to(self.device).eval()
+        self.quality = None if quality is None else quality.to(self.device).eval()
+        self.flip = bool(flip)
+        self.name = name
+        if self.quality is not None and self.quality.embedding_size != self.embedding_size:
+            raise EvaluatorMismatchError(
+                f"{name}: quality head expects {self.quality.embedding_size}-d embeddings, "
+                f"the backbone gives {self.embedding_size}-d")
+
+    @property
+    def input_size(self) -> int:
+        return int(getattr(self.backbone, "input_size", 112))
+
+    @property
+    def auto_resize(self) -> bool:
+        return bool(getattr(self.backbone, "auto_resize", False))
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.backbone.embedding_size)
+
+    @torch.inference_mode()
+    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One batch of RGB uint8 faces [B, H, W, 3] -> (unit embeddings float32 [B, d], FIQA [B] or None)."""
+        x = images_to_tensor(images).to(self.device)
+        raw = self.backbone(x).float()
+        emb = raw + self.backbone(torch.flip(x, dims=[3])).float() if self.flip else raw
+        fiqa = None if self.quality is None else self.quality(raw).cpu().numpy().astype(np.float32)
+        return l2_normalize(emb.cpu().numpy()).astype(np.float32), fiqa
+
+
+def load_evaluator(backbone_prefix: str | Path, quality_path: str | Path | None = None, flip: bool = True,
+                   device: str | torch.device = "cpu") -> Evaluator:
+    """Load ``<prefix>.{safetensors,json}`` and, if given, a CR-FIQA ``QualityHead`` safetensors file."""
+    backbone = load_backbone(backbone_prefix, device="cpu")
+    if not hasattr(backbone, "embedding_size"):
+        raise EvaluatorMismatchError(f"{backbone_prefix}: backbone has no embedding_size attribute")
+    quality = None
+    if quality_path is not None:
+        if not Path(quality_path).is_file():
+            raise FileNotFoundError(f"quality head {quality_path} not found")
+        quality = QualityHead(int(backbone.embedding_size))
+        try:
+            load_state_dict_strict(quality, load_file(str(quality_path)), source=str(quality_path))
+        except BackboneMismatchError as exc:
+            raise EvaluatorMismatchError(
+                f"quality head {quality_path} does not fit the {backbone.embedding_size}-d evaluator "
+                f"{backbone_prefix}: {exc}") from exc
+    return Evaluator(backbone, quality, flip, device, name=str(backbone_prefix))
+
+
+def check_evaluator_fits(evaluator: Evaluator, image_size: int, embedding_size: int | None = None,
+                         where: str = "dataset") -> None:
+    """EvaluatorMismatchError unless ``image_size`` images (and ``embedding_size``, if given) fit the evaluator.
+
+    Images fit when their side equals the backbone's input size, or the backbone resizes its input
+    (``auto_resize``).
+    """
+    if image_size != evaluator.input_size and not evaluator.auto_resize:
+        raise EvaluatorMismatchError(
+            f"{where}: {image_size}x{image_size} images do not fit the evaluator {evaluator.name}, which takes "
+            f"{evaluator.input_size}x{evaluator.input_size} inputs (and does not resize them)")
+    if embedding_size is not None and embedding_size != evaluator.embedding_size:
+        raise EvaluatorMismatchError(
+            f"{where}: expects {embedding_size}-d embeddings, the evaluator {evaluator.name} gives "
+            f"{evaluator.embedding_size}-d")
+
+
+def embed_faces(evaluator: Evaluator, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """Faces [N, H, W, 3] uint8 in batches -> (embeddings float32 [N, d], FIQA [N] or None)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(images) == 0:
+        raise ValueError("no images to embed")
+    parts = [evaluator.embed(images[s:s + batch_size]) for s in range(0, len(images), batch_size)]
+    emb = np.concatenate([p[0] for p in parts])
+    fiqa = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+    return emb, fiqa
+
+
+# ------------------------------------------------------------------------------------------------
+# reading shards
+
+
+def decode_faces(images: Sequence[bytes], image_size: int, where: str = "images") -> np.ndarray:
+    """Decode encoded faces into uint8 [N, S, S, 3]; ValueError naming the row if one is undecodable or not SxS."""
+    out = np.empty((len(images), image_size, image_size, 3), np.uint8)
+    for i, data in enumerate(images):
+        try:
+            rgb = decode_image(data)
+        except ValueError as exc:
+            raise ValueError(f"{where}, row {i}: {exc}") from exc
+        if rgb.shape[:2] != (image_size, image_size):
+            raise ValueError(f"{where}, row {i}: image is {rgb.shape[1]}x{rgb.shape[0]}, the dataset's image_size "
+                             f"is {image_size}")
+        out[i] = rgb
+    return out
+
+
+def shard_num_rows(path: str | Path) -> int:
+    """Rows of a Parquet shard, from its footer (no data read)."""
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def read_shard_faces(path: str | Path, image_size: int, start: int = 0, stop: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded faces uint8 [n, S, S, 3] and labels [n] of rows ``[start, stop)`` of one shard."""
+    table = read_table(path, columns=["image", "label"])
+    stop = table.num_rows if stop is None else stop
+    table = table.slice(start, stop - start)
+    faces = decode_faces(table.column("image").to_pylist(), image_size, f"{path} (rows from {start})")
+    return faces, table.column("label").to_numpy().astype(np.int64)
+
+
+def read_columns(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labels int64 [N] and a synthetic-row mask bool [N] of all shards, in shard order."""
+    labels, synthetic = [], []
+    for p in list_shards(directory):
+        t = read_table(p, columns=["label", "source"])
+        labels.append(t.column("label").to_numpy().astype(np.int64))
+        synthetic.append(np.asarray(t.column("source").to_pylist()) == "synthetic")
+    return np.concatenate(labels), np.concatenate(synthetic)
+
+
+def load_faces(directory: str | Path, rows: Sequence[int], image_size: int) -> list[np.ndarray]:
+    """Decoded faces at global row indices (shard order) of a dataset, in the order of ``rows``."""
+    paths = list_shards(directory)
+    offsets = np.concatenate([[0], np.cumsum([shard_num_rows(p) for p in paths])])
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= offsets[-1]):
+        raise ValueError(f"{directory}: rows must lie in [0, {offsets[-1]}), got [{rows.min()}, {rows.max()}]")
+    shard_of = np.searchsorted(offsets, rows, side="right") - 1
+    out: list[np.ndarray | None] = [None] * len(rows)
+    for s in np.unique(shard_of):
+        pick = np.flatnonzero(shard_of == s)
+        column = read_table(paths[s], columns=["image"]).column("image")
+        data = [column[int(rows[i] - offsets[s])].as_py() for i in pick]
+        for i, face in zip(pick, decode_faces(data, image_size, str(paths[s]))):
+            out[i] = face
+    return out  # type: ignore[return-value]
+
+
+def embed_shards(evaluator: Evaluator, paths: Sequence[str | Path], image_size: int,
+                 batch_size: int = 256) -> dict[Path, Embeddings]:
+    """Plain-loop embeddings of whole shards (the reference for the Ray actor pool), keyed by shard path."""
+    out = {}
+    for p in paths:
+        faces, labels = read_shard_faces(p, image_size)
+        emb, fiqa = embed_faces(evaluator, faces, batch_size)
+        out[Path(p)] = Embeddings(emb, labels, fiqa)
+    return out

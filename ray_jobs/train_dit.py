@@ -1,0 +1,235 @@
+"""``train_dit``: VIGFace stage 2, the prototype + landmark conditioned DiT, on Ray Train (DDP).
+
+The driver checks every input before Ray starts (dataset, stage-1 prototypes and FR backbone, DiT
+size), starts one MLflow run and a ``TorchTrainer``; each worker runs :func:`train_loop`, plain
+PyTorch from ``generation`` (iteration-based: ``max_steps`` steps of the global batch). Checkpoints
+every ``checkpoint_every`` steps hold model, EMA, AdamW and the step (which fixes the data position);
+rerunning the same ``run.name`` resumes from the latest one and ``FailureConfig`` restarts failed
+workers from it. Rank 0 logs loss terms and images/s, and at ``sample_every`` steps and at the end a
+grid of EMA samples. The driver exports the EMA DiT to ``<run.output_dir>/dit/<run.name>/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from fr.backbones import load_backbone
+from fr.prototypes import load_prototypes
+from fr.shards import read_dataset_json
+from fr.training import GlobalBatchOrder, NonFiniteGuard
+from generation.checkpoint import export_ema, load_dit_checkpoint, save_dit_checkpoint
+from generation.conditions import condition_prototypes, grid_conditions, validate_sampling
+from generation.dit import DiT, DiTConfig, dit_config
+from generation.ema import EMA
+from generation.trainer_step import (DiTInputError, DiTShardDataset, check_dit_inputs, check_fr_backbone,
+                                     dit_train_step, frozen, grid_samples, step_generator)
+from ray_jobs.cluster import init_ray
+from ray_jobs.config import FacesynthConfig, TrainDiTSection, from_dict, to_dict
+from ray_jobs.tracking import mlflow_run, tracking_uri
+from ray_jobs.train_fr import _absolute_uri, _MlflowLogger, fr_dataset_dir, fr_export_dir
+
+log = logging.getLogger(__name__)
+MAX_NONFINITE = 5  # consecutive non-finite losses before the run stops
+
+
+# ------------------------------------------------------------------------------------------------
+# paths and validation (driver)
+
+
+def dit_dataset_dir(cfg: FacesynthConfig) -> Path:
+    return Path(cfg.train_dit.dataset) if cfg.train_dit.dataset else fr_dataset_dir(cfg)
+
+
+def dit_prototypes_prefix(cfg: FacesynthConfig) -> Path:
+    return Path(cfg.train_dit.prototypes) if cfg.train_dit.prototypes else fr_export_dir(cfg) / "prototypes"
+
+
+def dit_backbone_prefix(cfg: FacesynthConfig) -> Path:
+    return Path(cfg.train_dit.fr_backbone) if cfg.train_dit.fr_backbone else fr_export_dir(cfg) / "backbone"
+
+
+def dit_export_dir(cfg: FacesynthConfig) -> Path:
+    return Path(cfg.run.output_dir) / "dit" / cfg.run.name
+
+
+def dit_model_config(t: TrainDiTSection) -> DiTConfig:
+    """The DiT of ``train_dit.size`` with ``model_kwargs`` overrides and the training options."""
+    owned = sorted({"cond_drop_prob", "grad_checkpointing"} & set(t.model_kwargs))
+    if owned:
+        raise DiTInputError(f"train_dit.model_kwargs must not set {owned}: use train_dit.{owned[0]}")
+    return dit_config(t.size, **t.model_kwargs, cond_drop_prob=t.cond_drop_prob,
+                      grad_checkpointing=t.grad_checkpointing)
+
+
+def validate_dit_config(cfg: FacesynthConfig) -> dict[str, Any]:
+    """Every check that must stop a run before any worker starts; returns what the driver needs."""
+    t = cfg.train_dit
+    for key in ("max_steps", "checkpoint_every", "log_every", "sample_identities", "sample_poses", "num_workers"):
+        if getattr(t, key) < 1:
+            raise DiTInputError(f"train_dit.{key} must be >= 1, got {getattr(t, key)}")
+    if t.sample_every < 0 or t.id_weight < 0 or t.lr <= 0 or t.weight_decay < 0:
+        raise DiTInputError("train_dit.sample_every, id_weight and weight_decay must be >= 0 and lr > 0")
+    validate_sampling(cfg.generate.steps, cfg.generate.guidance, cfg.generate.eta)  # the sample grid's settings
+    model_cfg = dit_model_config(t)
+    data_dir = dit_dataset_dir(cfg)
+    info = read_dataset_json(data_dir)
+    protos = load_prototypes(dit_prototypes_prefix(cfg))
+    check_dit_inputs(model_cfg, protos, info, t.batch_size, t.num_workers)
+    if t.id_weight > 0:
+        # the architecture stage 1 trained; BackboneMismatchError for a checkpoint of another one
+        backbone = load_backbone(dit_backbone_prefix(cfg), expected_name=cfg.train_fr.backbone)
+        check_fr_backbone(backbone, model_cfg.cond_dim, model_cfg.image_size)
+    return {"data_dir": data_dir, "info": info, "model_config": model_cfg, "prototypes": protos}
+
+
+# ------------------------------------------------------------------------------------------------
+# worker side
+
+
+def _grid_png(ema_model: DiT, proto_rows: np.ndarray, landmarks: np.ndarray, labels: list[str],
+              prototypes: torch.Tensor, cfg: FacesynthConfig, path: Path) -> Path:
+    from evaluation.plots import image_grid
+
+    tiles = grid_samples(ema_model, prototypes[torch.as_tensor(proto_rows)], landmarks, cfg.generate.steps,
+                         cfg.generate.guidance, cfg.run.seed)
+    image_grid(tiles, cfg.train_dit.sample_poses, path, labels=labels)
+    return path
+
+
+def train_loop(loop_config: dict) -> None:
+    """One Ray Train worker; every rank runs the same steps on its slice of the global batch."""
+    cfg = from_dict(loop_config["cfg"])
+    t = cfg.train_dit
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    logger = _MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
+
+    model_cfg = DiTConfig.from_dict(loop_config["model_config"])
+    dataset = DiTShardDataset(loop_config["dataset_dir"], image_size=model_cfg.image_size)
+    order = GlobalBatchOrder(len(dataset), t.batch_size, world, rank, cfg.run.seed)
+    protos = load_prototypes(loop_config["prototypes"])
+    cond = condition_prototypes(protos.weight).to(device)
+    model = DiT(model_cfg).to(device)
+    ema = EMA(model, t.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    id_fn = None
+    if t.id_weight > 0:
+        id_fn = frozen(load_backbone(loop_config["backbone"], expected_name=cfg.train_fr.backbone)).to(device)
+
+    state: dict[str, Any] = {"step": 0, "images_seen": 0, "nonfinite_total": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_dit_checkpoint(d, model, ema, optimizer, device)
+        state.setdefault("resumes", []).append({"step": state["step"], "saved_world_size": state.get("world_size"),
+                                                "world_size": world})
+        log.info("rank %d: resumed from step %d", rank, state["step"])
+    model = ray.train.torch.prepare_model(model) if world > 1 else model
+    amp_dtype = torch.bfloat16 if t.bf16 and device.type == "cuda" else None
+    guard = NonFiniteGuard(MAX_NONFINITE)
+    guard.total = state.get("nonfinite_total", 0)
+    grid = grid_conditions(protos.num_real, protos.num_virtual, t.sample_identities, dataset.landmarks,
+                           t.sample_poses) if rank == 0 else None
+    step = state["step"]
+    t_log, n_log = time.perf_counter(), 0
+    metrics: dict[str, float] = {}
+
+    def save(final: bool) -> None:
+        state.update(step=step, nonfinite_total=guard.total, world_size=world, batch_size=t.batch_size,
+                     epoch=step // order.steps_per_epoch, batch_in_epoch=step % order.steps_per_epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                save_dit_checkpoint(tmp, model, ema, optimizer, dict(state))
+                ray.train.report(dict(metrics, step=step, final=float(final)),
+                                 checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(dict(metrics, step=step, final=float(final)))
+
+    while step < t.max_steps:
+        epoch, start = divmod(step, order.steps_per_epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=list(order.epoch_batches(epoch, start)))
+        for images, labels, landmarks in loader:
+            out = dit_train_step(model, ema, optimizer, images.to(device, non_blocking=True),
+                                 cond[labels.to(device)], landmarks, step_generator(cfg.run.seed, step, rank),
+                                 guard, step, id_fn, t.id_weight, t.cond_drop_prob, amp_dtype)
+            step += 1
+            n_log += images.shape[0] * world
+            state["images_seen"] = state.get("images_seen", 0) + images.shape[0] * world
+            last = step == t.max_steps
+            if step % t.log_every == 0 or last:
+                elapsed = time.perf_counter() - t_log
+                metrics = {**out, "images_per_s": n_log / max(elapsed, 1e-9), "epoch": step / order.steps_per_epoch,
+                           "nonfinite_total": guard.total}
+                t_log, n_log = time.perf_counter(), 0
+                if rank == 0:
+                    log.info("step %d/%d %s", step, t.max_steps, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                    logger.metrics(metrics, step)
+            if rank == 0 and ((t.sample_every and step % t.sample_every == 0) or last):
+                with tempfile.TemporaryDirectory() as tmp:
+                    png = _grid_png(ema.module, grid[0], grid[1], grid[2], cond, cfg,
+                                    Path(tmp) / f"samples_step{step:08d}.png")
+                    logger.artifact(png, "samples")
+            if step % t.checkpoint_every == 0 or last:
+                save(final=last)
+            if last:
+                break
+
+
+# ------------------------------------------------------------------------------------------------
+# driver side
+
+
+def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
+    t = cfg.train_dit
+    checked = validate_dit_config(cfg)
+    info = checked["info"]
+    init_ray(cfg.ray)
+    storage = Path(cfg.run.output_dir).resolve() / "ray_train"
+    export_dir = dit_export_dir(cfg).resolve()
+    with mlflow_run(cfg, "train_dit") as tracker:
+        model_cfg: DiTConfig = checked["model_config"]
+        tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images,
+                         "num_virtual": checked["prototypes"].num_virtual,
+                         "dit_params_m": sum(p.numel() for p in DiT(model_cfg).parameters()) / 1e6})
+        loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": _absolute_uri(tracking_uri(cfg)),
+                       "dataset_dir": str(checked["data_dir"].resolve()), "model_config": model_cfg.to_dict(),
+                       "prototypes": str(dit_prototypes_prefix(cfg).resolve()),
+                       "backbone": str(dit_backbone_prefix(cfg).resolve())}
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                         resources_per_worker={"CPU": t.cpus_per_worker}),
+            run_config=RunConfig(name=f"{cfg.run.name}-train_dit", storage_path=str(storage),
+                                 failure_config=FailureConfig(max_failures=t.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+        )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        seconds = time.perf_counter() - t0
+        if result.checkpoint is None:
+            raise RuntimeError(f"train_dit finished without a checkpoint: {result.error}")
+        with result.checkpoint.as_directory() as d:
+            export_ema(d, export_dir)
+            final_state = json.loads((Path(d) / "state.json").read_text())
+        summary = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        tracker.metrics({"train_seconds": seconds})
+        (export_dir / "metrics.json").write_text(json.dumps({"final": summary, "state": final_state}, indent=1))
+        for name in ("config.json", "metrics.json"):
+            tracker.artifact(export_dir / name, "dit_model")
+        log.info("train_dit: done in %.1f s; exported the EMA DiT to %s", seconds, export_dir)
+        return {"metrics": summary, "export_dir": export_dir, "state": final_state}
