@@ -10,7 +10,7 @@ raw embedding of the unflipped image, the input the head was trained on (``fr.fr
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,14 +126,14 @@ def load_evaluator(backbone_prefix: str | Path, quality_path: str | Path | None 
     return Evaluator(backbone, quality, flip, device, name=str(backbone_prefix))
 
 
-def check_evaluator_fits(evaluator: Evaluator, image_size: int, embedding_size: int | None = None,
+def check_evaluator_fits(evaluator: Evaluator, image_size: int | None = None, embedding_size: int | None = None,
                          where: str = "dataset") -> None:
-    """EvaluatorMismatchError unless ``image_size`` images (and ``embedding_size``, if given) fit the evaluator.
+    """EvaluatorMismatchError unless ``image_size`` images and ``embedding_size`` (each if given) fit the evaluator.
 
     Images fit when their side equals the backbone's input size, or the backbone resizes its input
     (``auto_resize``).
     """
-    if image_size != evaluator.input_size and not evaluator.auto_resize:
+    if image_size is not None and image_size != evaluator.input_size and not evaluator.auto_resize:
         raise EvaluatorMismatchError(
             f"{where}: {image_size}x{image_size} images do not fit the evaluator {evaluator.name}, which takes "
             f"{evaluator.input_size}x{evaluator.input_size} inputs (and does not resize them)")
@@ -179,14 +179,27 @@ def shard_num_rows(path: str | Path) -> int:
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 
-def read_shard_faces(path: str | Path, image_size: int, start: int = 0, stop: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded faces uint8 [n, S, S, 3] and labels [n] of rows ``[start, stop)`` of one shard."""
+def iter_shard_faces(path: str | Path, image_size: int, batch_rows: int
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, faces uint8 [n, S, S, 3], labels [n]) of one shard, ``batch_rows`` rows at a time.
+
+    The shard is opened once (memory-mapped) and only one batch is decoded at a time, so a shard of
+    any size streams in bounded memory.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     table = read_table(path, columns=["image", "label"])
-    stop = table.num_rows if stop is None else stop
-    table = table.slice(start, stop - start)
-    faces = decode_faces(table.column("image").to_pylist(), image_size, f"{path} (rows from {start})")
-    return faces, table.column("label").to_numpy().astype(np.int64)
+    labels = table.column("label").to_numpy().astype(np.int64)
+    for start in range(0, table.num_rows, batch_rows):
+        part = table.column("image").slice(start, batch_rows).to_pylist()
+        faces = decode_faces(part, image_size, f"{path} (rows from {start})")
+        yield start, faces, labels[start:start + len(part)]
+
+
+def read_shard_faces(path: str | Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All decoded faces uint8 [n, S, S, 3] and labels [n] of one shard."""
+    _, faces, labels = next(iter_shard_faces(path, image_size, max(1, shard_num_rows(path))))
+    return faces, labels
 
 
 def read_columns(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +235,9 @@ def embed_shards(evaluator: Evaluator, paths: Sequence[str | Path], image_size: 
     """Plain-loop embeddings of whole shards (the reference for the Ray actor pool), keyed by shard path."""
     out = {}
     for p in paths:
-        faces, labels = read_shard_faces(p, image_size)
-        emb, fiqa = embed_faces(evaluator, faces, batch_size)
-        out[Path(p)] = Embeddings(emb, labels, fiqa)
+        parts = []
+        for _, faces, labels in iter_shard_faces(p, image_size, batch_size):
+            emb, fiqa = evaluator.embed(faces)
+            parts.append(Embeddings(emb, labels, fiqa))
+        out[Path(p)] = Embeddings.concat(parts)
     return out

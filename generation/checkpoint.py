@@ -8,6 +8,7 @@ Layout of a checkpoint directory:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -26,6 +27,15 @@ _TRAINING_ONLY = ("grad_checkpointing", "cond_drop_prob")
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not belong to the model it is loaded into."""
+
+
+def weights_sha1(model: torch.nn.Module) -> str:
+    """SHA-1 over the float32 bytes of every state_dict tensor in key order (identifies a set of weights)."""
+    h = hashlib.sha1()
+    for key, value in sorted(_unwrap(model).state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _unwrap(model: torch.nn.Module) -> DiT:
@@ -66,7 +76,8 @@ def load_dit_checkpoint(directory: str | Path, model: torch.nn.Module, ema: EMA,
         raise CheckpointMismatchError(f"DiT checkpoint {d} is another architecture; (saved, requested): {diff}")
     state = json.loads((d / STATE_FILE).read_text())
     if float(state.get("ema_decay", ema.decay)) != ema.decay:
-        raise CheckpointMismatchError(f"DiT checkpoint {d} has EMA decay {state['ema_decay']}, the run uses {ema.decay}")
+        raise CheckpointMismatchError(f"DiT checkpoint {d} has EMA decay {state['ema_decay']}, "
+                                      f"the run uses {ema.decay}")
     core.load_state_dict(load_file(str(d / MODEL_DIR / WEIGHTS_FILE), device=str(device)))
     ema.module.load_state_dict(load_file(str(d / EMA_DIR / WEIGHTS_FILE), device=str(device)))
     if optimizer is not None and (d / OPTIM_FILE).is_file():

@@ -131,6 +131,9 @@ class TrainDiTSection:
     keep_checkpoints: int = 2
     sample_every: int = 20000  # sample grid of fixed real + virtual prototypes across poses; 0 = end only
     sample_identities: int = 4  # per kind (real, virtual) in the grid
+    sample_steps: int = 50  # DDIM steps for the sample grid
+    sample_guidance: float = 4.0
+    loader_workers: int = 0  # torch DataLoader processes per worker (JPEG decoding)
     sample_poses: int = 4
     max_failures: int = 2
 

@@ -20,7 +20,8 @@ import numpy as np
 import ray
 
 from fr.prototypes import Prototypes, load_prototypes
-from fr.shards import MANIFEST, DatasetInfo, build_dataset_info, read_dataset_json, shard_path, write_dataset_json, write_shard
+from fr.shards import (MANIFEST, DatasetInfo, build_dataset_info, read_dataset_json, shard_path, write_dataset_json,
+                       write_shard)
 from generation.conditions import (ConditionError, GenerationPlan, RowSampler, check_landmark_sets, load_landmark_sets,
                                    plan_generation, validate_sampling)
 from generation.dit import CONFIG_FILE, WEIGHTS_FILE, DiTConfig
@@ -157,7 +158,8 @@ def generate_shards(cfg: FacesynthConfig, inputs: dict[str, Any], out_dir: Path,
     """Stream the missing chunks through the sampler actor pool; write each shard when its rows are in."""
     g, plan = cfg.generate, inputs["plan"]
     chunks = plan.chunks(g.rows_per_shard)
-    todo = [{"chunk": i, "start": s, "stop": e} for i, (s, e) in enumerate(chunks) if not shard_path(out_dir, i).exists()]
+    todo = [{"chunk": i, "start": s, "stop": e} for i, (s, e) in enumerate(chunks)
+            if not shard_path(out_dir, i).exists()]
     log.info("generate: %d rows in %d shards, %d already written", plan.num_rows, len(chunks), len(chunks) - len(todo))
     stats = {"shards_total": len(chunks), "shards_resumed": len(chunks) - len(todo), "rows_generated": 0}
     if not todo:
@@ -198,12 +200,12 @@ def run_generate(cfg: FacesynthConfig) -> DatasetInfo:
     g = cfg.generate
     inputs = prepare_generation(cfg)
     out_dir = generate_out_dir(cfg)
+    plan: GenerationPlan = inputs["plan"]
+    check_plan_file(out_dir, plan, g.rows_per_shard)  # also refuses a finished dataset of another plan
     if (out_dir / MANIFEST).exists():
         info = read_dataset_json(out_dir)
         log.info("generate: %s already complete (%d images, %d identities)", out_dir, info.num_images, info.num_classes)
         return info
-    plan: GenerationPlan = inputs["plan"]
-    check_plan_file(out_dir, plan, g.rows_per_shard)
     init_ray(cfg.ray)
     with mlflow_run(cfg, "generate") as tracker:
         t0 = time.perf_counter()

@@ -21,6 +21,18 @@ def train_fr(cfg: FacesynthConfig) -> None:
     run_train_fr(cfg)
 
 
+def train_dit(cfg: FacesynthConfig) -> None:
+    from ray_jobs.train_dit import run_train_dit
+
+    run_train_dit(cfg)
+
+
+def generate(cfg: FacesynthConfig) -> None:
+    from ray_jobs.generate import run_generate
+
+    run_generate(cfg)
+
+
 def pipeline(cfg: FacesynthConfig) -> None:
     """Every stage that exists, in order, on one config (the README's main command)."""
     for name in PIPELINE:
@@ -28,5 +40,6 @@ def pipeline(cfg: FacesynthConfig) -> None:
         JOBS[name](cfg)
 
 
-PIPELINE = ["prepare", "train_fr"]
-JOBS: dict[str, Callable[[FacesynthConfig], None]] = {"prepare": prepare, "train_fr": train_fr, "pipeline": pipeline}
+PIPELINE = ["prepare", "train_fr", "train_dit", "generate"]
+JOBS: dict[str, Callable[[FacesynthConfig], None]] = {
+    "prepare": prepare, "train_fr": train_fr, "train_dit": train_dit, "generate": generate, "pipeline": pipeline}

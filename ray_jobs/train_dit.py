@@ -29,7 +29,7 @@ from fr.backbones import load_backbone
 from fr.prototypes import load_prototypes
 from fr.shards import read_dataset_json
 from fr.training import GlobalBatchOrder, NonFiniteGuard
-from generation.checkpoint import export_ema, load_dit_checkpoint, save_dit_checkpoint
+from generation.checkpoint import STATE_FILE, export_ema, load_dit_checkpoint, save_dit_checkpoint, weights_sha1
 from generation.conditions import condition_prototypes, grid_conditions, validate_sampling
 from generation.dit import DiT, DiTConfig, dit_config
 from generation.ema import EMA
@@ -81,7 +81,7 @@ def validate_dit_config(cfg: FacesynthConfig) -> dict[str, Any]:
             raise DiTInputError(f"train_dit.{key} must be >= 1, got {getattr(t, key)}")
     if t.sample_every < 0 or t.id_weight < 0 or t.lr <= 0 or t.weight_decay < 0:
         raise DiTInputError("train_dit.sample_every, id_weight and weight_decay must be >= 0 and lr > 0")
-    validate_sampling(cfg.generate.steps, cfg.generate.guidance, cfg.generate.eta)  # the sample grid's settings
+    validate_sampling(cfg.train_dit.sample_steps, cfg.train_dit.sample_guidance, 0.0)  # the sample grid's settings
     model_cfg = dit_model_config(t)
     data_dir = dit_dataset_dir(cfg)
     info = read_dataset_json(data_dir)
@@ -102,8 +102,8 @@ def _grid_png(ema_model: DiT, proto_rows: np.ndarray, landmarks: np.ndarray, lab
               prototypes: torch.Tensor, cfg: FacesynthConfig, path: Path) -> Path:
     from evaluation.plots import image_grid
 
-    tiles = grid_samples(ema_model, prototypes[torch.as_tensor(proto_rows)], landmarks, cfg.generate.steps,
-                         cfg.generate.guidance, cfg.run.seed)
+    tiles = grid_samples(ema_model, prototypes[torch.as_tensor(proto_rows)], landmarks, cfg.train_dit.sample_steps,
+                         cfg.train_dit.sample_guidance, cfg.run.seed)
     image_grid(tiles, cfg.train_dit.sample_poses, path, labels=labels)
     return path
 
@@ -136,7 +136,7 @@ def train_loop(loop_config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = load_dit_checkpoint(d, model, ema, optimizer, device)
         state.setdefault("resumes", []).append({"step": state["step"], "saved_world_size": state.get("world_size"),
-                                                "world_size": world})
+                                                "world_size": world, "model_sha1": weights_sha1(model)})
         log.info("rank %d: resumed from step %d", rank, state["step"])
     model = ray.train.torch.prepare_model(model) if world > 1 else model
     amp_dtype = torch.bfloat16 if t.bf16 and device.type == "cuda" else None
@@ -161,7 +161,8 @@ def train_loop(loop_config: dict) -> None:
 
     while step < t.max_steps:
         epoch, start = divmod(step, order.steps_per_epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=list(order.epoch_batches(epoch, start)))
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=list(order.epoch_batches(epoch, start)),
+                                             num_workers=t.loader_workers)
         for images, labels, landmarks in loader:
             out = dit_train_step(model, ema, optimizer, images.to(device, non_blocking=True),
                                  cond[labels.to(device)], landmarks, step_generator(cfg.run.seed, step, rank),
@@ -178,6 +179,7 @@ def train_loop(loop_config: dict) -> None:
                 if rank == 0:
                     log.info("step %d/%d %s", step, t.max_steps, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
                     logger.metrics(metrics, step)
+            t_pause = time.perf_counter()
             if rank == 0 and ((t.sample_every and step % t.sample_every == 0) or last):
                 with tempfile.TemporaryDirectory() as tmp:
                     png = _grid_png(ema.module, grid[0], grid[1], grid[2], cond, cfg,
@@ -185,6 +187,7 @@ def train_loop(loop_config: dict) -> None:
                     logger.artifact(png, "samples")
             if step % t.checkpoint_every == 0 or last:
                 save(final=last)
+            t_log += time.perf_counter() - t_pause  # images/s counts training (data + step) time only
             if last:
                 break
 
@@ -225,7 +228,7 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
             raise RuntimeError(f"train_dit finished without a checkpoint: {result.error}")
         with result.checkpoint.as_directory() as d:
             export_ema(d, export_dir)
-            final_state = json.loads((Path(d) / "state.json").read_text())
+            final_state = json.loads((Path(d) / STATE_FILE).read_text())
         summary = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         tracker.metrics({"train_seconds": seconds})
         (export_dir / "metrics.json").write_text(json.dumps({"final": summary, "state": final_state}, indent=1))
