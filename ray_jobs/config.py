@@ -161,15 +161,18 @@ class GenerateSection:
 
 @dataclass
 class EvaluateSection:
-    datasets: list[str] = field(default_factory=list)  # shard directories to evaluate (real or synthetic)
+    datasets: list[str] = field(default_factory=list)  # shard directories to evaluate; empty: the generate output
     reference: str = ""  # real reference dataset (normalisation + leakage); empty: the train_fr dataset
     evaluator: str = ""  # FR backbone prefix (safetensors + json) used for embeddings; empty: <output_dir>/fr/<run.name>/backbone
     evaluator_quality: str = ""  # CR-FIQA regressor safetensors for diversity; empty: beside the evaluator if present
-    checkpoints: list[str] = field(default_factory=list)  # FR backbones to verify on verify_bins
+    checkpoints: list[str] = field(default_factory=list)  # FR backbones to verify on verify_bins; empty: the train_fr export
     verify_bins: list[str] = field(default_factory=list)  # empty: the toy verify .bin(s)
     leakage_mode: str = "image"  # image | centre
     leakage_quantile: float = 0.99  # real nearest-negative level = this quantile of the real per-class maxima
-    max_leak_fraction: float = 0.0  # privacy gate: fraction of synthetic identities allowed above the level
+    # privacy gate: the largest fraction of synthetic identities allowed above the real level. By
+    # construction (1 - leakage_quantile) of the real identities themselves lie above that level, so the
+    # default asks that synthetic identities be no closer to real people than real people are to each other.
+    max_leak_fraction: float = 0.01
     sep_threshold: float = 0.3  # Vec2Face-style unique-identity threshold
     batch_size: int = 256
     num_actors: int = 1

@@ -429,9 +429,13 @@ def _unique(base: str, taken: set[str]) -> str:
 
 
 def verify_checkpoints(cfg: FacesynthConfig, out: Path) -> dict[str, dict[str, float]]:
-    """10-fold verification (flip test) of every ``evaluate.checkpoints`` backbone, one Ray task each."""
+    """10-fold verification (flip test) of every ``evaluate.checkpoints`` backbone (default: the train_fr
+    export, when there is one), one Ray task each."""
     e = cfg.evaluate
-    if not e.checkpoints:
+    checkpoints = list(e.checkpoints)
+    if not checkpoints and Path(str(fr_export_dir(cfg) / "backbone") + ".safetensors").is_file():
+        checkpoints = [str(fr_export_dir(cfg) / "backbone")]
+    if not checkpoints:
         return {}
     bins = [Path(b) for b in e.verify_bins] if e.verify_bins else fr_verify_bins(cfg)
     missing = [str(b) for b in bins if not b.is_file()]
@@ -439,7 +443,7 @@ def verify_checkpoints(cfg: FacesynthConfig, out: Path) -> dict[str, dict[str, f
         raise FileNotFoundError(f"evaluate.verify_bins: {'not found: ' + str(missing) if missing else 'none found'}"
                                 " (set evaluate.verify_bins to .bin files)")
     prefixes = [Path(c).with_suffix("") if Path(c).suffix in (".safetensors", ".json") else Path(c)
-                for c in e.checkpoints]
+                for c in checkpoints]
     for p in prefixes:
         if not Path(str(p) + ".safetensors").is_file():
             raise FileNotFoundError(f"evaluate.checkpoints: {p}.safetensors not found")
@@ -471,7 +475,13 @@ def _dataset_names(cfg: FacesynthConfig, ref: Path) -> dict[str, tuple[Path, str
     """Unique display names -> (path, the setting that named it); the reference first."""
     taken: set[str] = set()
     named = {}
-    for i, p in enumerate([ref] + [Path(d) for d in cfg.evaluate.datasets]):
+    datasets = [Path(d) for d in cfg.evaluate.datasets]
+    if not datasets:  # default: the dataset the generate job writes, when there is one
+        from ray_jobs.generate import generate_out_dir
+
+        if (generate_out_dir(cfg) / "dataset.json").is_file():
+            datasets = [generate_out_dir(cfg)]
+    for i, p in enumerate([ref] + datasets):
         if i > 0 and p.resolve() == ref.resolve():
             continue
         named[_unique(display_name(p), taken)] = (p, "evaluate.reference" if i == 0 else f"evaluate.datasets[{i - 1}]")

@@ -205,6 +205,11 @@ def run_generate(cfg: FacesynthConfig) -> DatasetInfo:
     if (out_dir / MANIFEST).exists():
         info = read_dataset_json(out_dir)
         log.info("generate: %s already complete (%d images, %d identities)", out_dir, info.num_images, info.num_classes)
+        if g.privacy_check and "privacy" not in info.extra:  # finished before its privacy check ran
+            init_ray(cfg.ray)
+            with mlflow_run(cfg, "generate-privacy") as tracker:
+                _privacy_check(cfg, out_dir, tracker)
+            info = read_dataset_json(out_dir)
         return info
     init_ray(cfg.ray)
     with mlflow_run(cfg, "generate") as tracker:
@@ -227,4 +232,21 @@ def run_generate(cfg: FacesynthConfig) -> DatasetInfo:
         tracker.artifact(sample_grid(out_dir, out_dir.parent / "sample_grid.png"))
         log.info("generate: %d images of %d identities in %s (%.1f s)", info.num_images, info.num_classes, out_dir,
                  seconds)
+        if g.privacy_check:
+            _privacy_check(cfg, out_dir, tracker)
+            info = read_dataset_json(out_dir)
     return info
+
+
+def _privacy_check(cfg: FacesynthConfig, out_dir: Path, tracker: Tracker) -> dict:
+    """Identity-leakage check against the real dataset; the verdict goes into dataset.json and MLflow."""
+    from ray_jobs.evaluate import run_privacy_check
+
+    verdict = run_privacy_check(cfg, out_dir, tracker)
+    status = "PASSED (privacy-free)" if verdict["passed"] else "FAILED (identity leakage: not privacy-free)"
+    log.log(logging.INFO if verdict["passed"] else logging.WARNING,
+            "generate: privacy check %s: %.1f%% of synthetic identities above the real nearest-negative level %.3f "
+            "(gate %.1f%%)", status, 100 * verdict["leak_fraction"], verdict["real_level"],
+            100 * cfg.evaluate.max_leak_fraction)
+    tracker.tags({"privacy": "passed" if verdict["passed"] else "failed"})
+    return verdict

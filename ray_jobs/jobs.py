@@ -33,6 +33,12 @@ def generate(cfg: FacesynthConfig) -> None:
     run_generate(cfg)
 
 
+def evaluate(cfg: FacesynthConfig) -> None:
+    from ray_jobs.evaluate import run_evaluate
+
+    run_evaluate(cfg)
+
+
 def pipeline(cfg: FacesynthConfig) -> None:
     """Every stage that exists, in order, on one config (the README's main command)."""
     for name in PIPELINE:
@@ -40,6 +46,7 @@ def pipeline(cfg: FacesynthConfig) -> None:
         JOBS[name](cfg)
 
 
-PIPELINE = ["prepare", "train_fr", "train_dit", "generate"]
+PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "evaluate"]
 JOBS: dict[str, Callable[[FacesynthConfig], None]] = {
-    "prepare": prepare, "train_fr": train_fr, "train_dit": train_dit, "generate": generate, "pipeline": pipeline}
+    "prepare": prepare, "train_fr": train_fr, "train_dit": train_dit, "generate": generate, "evaluate": evaluate,
+    "pipeline": pipeline}
