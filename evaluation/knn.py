@@ -120,11 +120,14 @@ def _block_topk(sim: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]
     ``torch.topk`` picks arbitrarily among equal values at the k-th position; rows where more entries
     equal the k-th value than were selected are re-ranked exactly (in batches, to bound memory).
     """
-    values, indices = torch.topk(sim, kk, dim=1)
+    # one extra column tells whether an unselected entry ties with the k-th value, without a full
+    # [rows, cols] equality mask (its int64 sum would double the block's memory)
+    extra = min(kk + 1, sim.shape[1])
+    values, indices = torch.topk(sim, extra, dim=1)
+    tie_beyond = values[:, kk] == values[:, kk - 1] if extra > kk else torch.zeros(sim.shape[0], dtype=torch.bool)
+    values, indices = values[:, :kk], indices[:, :kk]
     boundary = values[:, -1:]
-    n_eq_block = (sim == boundary).sum(dim=1)
-    n_eq_selected = (values == boundary).sum(dim=1)
-    bad = torch.nonzero((n_eq_block > n_eq_selected) & torch.isfinite(boundary[:, 0])).flatten()
+    bad = torch.nonzero(tie_beyond.to(sim.device) & torch.isfinite(boundary[:, 0])).flatten()
     if bad.numel():
         kc = sim.shape[1]
         # larger weight for a smaller column index, so topk over weights returns indices ascending

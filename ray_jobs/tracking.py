@@ -56,6 +56,20 @@ class Tracker:
         mlflow.set_tags(values)
 
 
+def _ensure_experiment(uri: str, name: str) -> None:
+    """Select the experiment; a new one on a SQLite store keeps its artifacts in ``mlartifacts/`` beside
+    the database file (not in ``./mlruns`` of whatever directory the job ran in)."""
+    import mlflow
+
+    if mlflow.get_experiment_by_name(name) is None and uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).resolve()
+        try:
+            mlflow.create_experiment(name, artifact_location=(db.parent / "mlartifacts").as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # created concurrently by another process
+    mlflow.set_experiment(name)
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: FacesynthConfig, job: str) -> Iterator[Tracker]:
     """Start an MLflow run named ``<run.name>-<job>`` with the resolved config as params."""
@@ -64,8 +78,9 @@ def mlflow_run(cfg: FacesynthConfig, job: str) -> Iterator[Tracker]:
         return
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    mlflow.set_experiment(cfg.mlflow.experiment)
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    _ensure_experiment(uri, cfg.mlflow.experiment)
     with mlflow.start_run(run_name=f"{cfg.run.name}-{job}") as run:
         params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
         mlflow.log_params(params)

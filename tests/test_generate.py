@@ -37,7 +37,7 @@ def _cfg(root, mlflow_uri, *extra):
     return load_config(None, [
         f"run.output_dir={root}", "run.name=gen", f"mlflow.tracking_uri={mlflow_uri}", "generate.steps=2",
         "generate.num_identities=3", "generate.images_per_identity=4", "generate.rows_per_shard=5",
-        "generate.batch_size=3", "generate.cpus_per_actor=0.5", *extra])
+        "generate.batch_size=3", "generate.cpus_per_actor=0.5", "generate.privacy_check=false", *extra])
 
 
 def _rows(out_dir):
@@ -127,3 +127,17 @@ def test_bad_input_fails_before_any_work(stage2, mlflow_uri, tmp_path):
             run_generate(_cfg(stage2, mlflow_uri, *overrides, "generate.dataset_name=never"))
     assert not (stage2 / "data" / "never").exists()
     assert json.loads((stage2 / "dit" / "gen" / "config.json").read_text())["image_size"] == SIDE
+
+
+def test_generate_records_privacy_verdict(tmp_path, mlflow_uri, ray_local):
+    """With generate.privacy_check on, the leakage verdict lands in dataset.json (and MLflow)."""
+    root = tmp_path / "stage"
+    make_stage1(root, "gen", NUM_REAL, NUM_VIRTUAL, SIDE, min_images=2, max_images=5, backbone=True)
+    torch.manual_seed(0)
+    model = build_dit("tiny", image_size=SIDE)
+    save_dit(model, root / "dit" / "gen")
+    info = run_generate(_cfg(root, mlflow_uri, "generate.privacy_check=true"))
+    privacy = read_dataset_json(generate_job.generate_out_dir(_cfg(root, mlflow_uri))).extra["privacy"]
+    assert set(privacy) >= {"passed", "leak_fraction", "real_level", "mode"}
+    assert isinstance(privacy["passed"], bool) and 0.0 <= privacy["leak_fraction"] <= 1.0
+    assert info.extra["privacy"] == privacy

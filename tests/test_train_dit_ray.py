@@ -47,7 +47,7 @@ def _cfg(root, mlflow_uri, *extra):
         "train_fr.backbone=iresnet_tiny", "train_dit.size=tiny", f"train_dit.model_kwargs={{image_size: {SIDE}}}",
         "train_dit.batch_size=4", "train_dit.checkpoint_every=2", "train_dit.log_every=1", "train_dit.sample_every=2",
         "train_dit.sample_identities=2", "train_dit.sample_poses=2", "train_dit.cpus_per_worker=0.5",
-        "train_dit.ema_decay=0.9", "train_dit.lr=0.001", "generate.steps=2", *extra])
+        "train_dit.ema_decay=0.9", "train_dit.lr=0.001", "generate.steps=2", "train_dit.sample_steps=2", *extra])
 
 
 @pytest.mark.slow
@@ -100,4 +100,4 @@ def test_errors_before_any_work(stage1, mlflow_uri, tmp_path):
     with pytest.raises(DiTInputError, match=r"\(128,\)"):
         run_train_dit(_cfg(stage1, mlflow_uri, f"train_dit.fr_backbone={tmp_path / 'small'}"))
     with pytest.raises(ValueError, match="guidance"):
-        run_train_dit(_cfg(stage1, mlflow_uri, "generate.guidance=-1"))
+        run_train_dit(_cfg(stage1, mlflow_uri, "train_dit.sample_guidance=-1"))

@@ -1,0 +1,227 @@
+"""Sample quality of a CPU-cheap VIGFace DiT on the toy faces (plain PyTorch, no Ray).
+
+Trains a DiT config for a wall-clock / step budget with ``generation.trainer_step.dit_train_step``
+(the Ray job's step), samples with ``generation.conditions.sample_seeded`` and reports the FR identity
+fidelity (``evaluation.generation_fidelity``) of real- and virtual-prototype samples, per guidance.
+
+    python bench/dit_toy_quality.py train --name h128d4 --hidden 128 --depth 4 --heads 4 --lr 1e-3 --seconds 180
+    python bench/dit_toy_quality.py load --dit runs/tiny/dit/tiny --name current   # an exported DiT
+    python bench/dit_toy_quality.py ceiling      # FR cosine of the REAL toy images to their prototypes
+    python bench/dit_toy_quality.py oracle       # sampler with the exact v of a training image
+
+PNGs go to bench/results/dit_toy_quality/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation.generation_fidelity import embed_uint8, format_fidelity, prototype_fidelity  # noqa: E402
+from evaluation.plots import image_grid  # noqa: E402
+from fr.backbones import load_backbone  # noqa: E402
+from fr.prototypes import load_prototypes  # noqa: E402
+from fr.training import NonFiniteGuard  # noqa: E402
+from generation.conditions import condition_maps, condition_prototypes, sample_seeded, unit_to_images  # noqa: E402
+from generation.diffusion import add_noise, x0_from_v  # noqa: E402
+from generation.dit import DiT, build_dit, load_dit, save_dit  # noqa: E402
+from generation.ema import EMA  # noqa: E402
+from generation.sampler import ddim_step, ddim_timesteps, alpha_bar, ddim_sigma  # noqa: E402
+from generation.trainer_step import DiTShardDataset, dit_train_step, frozen, step_generator  # noqa: E402
+
+DATA = Path("runs/tiny/data/toy/train")
+FR = Path("runs/tiny/fr/tiny")
+OUT = Path("bench/results/dit_toy_quality")
+
+
+def load_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All toy training images [N, 3, S, S] in [-1, 1], labels [N], landmarks [N, 5, 2]."""
+    ds = DiTShardDataset(DATA)
+    items = [ds[i] for i in range(len(ds))]
+    return (torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items]),
+            torch.stack([lm for _, _, lm in items]))
+
+
+def eval_rows(num_real: int, num_virtual: int, per_kind: int, images_each: int) -> np.ndarray:
+    """Evenly spaced real and virtual prototype rows, each repeated ``images_each`` times."""
+    real = np.linspace(0, num_real - 1, per_kind).round().astype(np.int64)
+    virt = num_real + np.linspace(0, num_virtual - 1, per_kind).round().astype(np.int64)
+    return np.repeat(np.concatenate([real, virt]), images_each)
+
+
+@torch.no_grad()
+def generate(model: DiT, cond: torch.Tensor, rows: np.ndarray, landmarks: torch.Tensor, steps: int,
+             guidance: float, batch: int = 48) -> np.ndarray:
+    """uint8 samples of prototype ``rows``; landmark set and noise seed fixed per output index."""
+    model.eval()
+    g = np.random.default_rng(123)
+    lm = landmarks[torch.as_tensor(g.integers(0, len(landmarks), len(rows)))]
+    seeds = np.arange(len(rows)) + 1000
+    out = []
+    for i in range(0, len(rows), batch):
+        maps = condition_maps(lm[i:i + batch], model.config.image_size, model.config.landmark_channels)
+        x = sample_seeded(model, cond[torch.as_tensor(rows[i:i + batch])], maps, seeds[i:i + batch], steps, guidance)
+        out.append(unit_to_images(x))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def x0_errors(model: DiT, images: torch.Tensor, labels: torch.Tensor, landmarks: torch.Tensor, cond: torch.Tensor,
+              ts=(50, 250, 500, 750, 950)) -> dict[int, float]:
+    """MSE of the conditioned x0 prediction on 64 training images at a few t (vs 'predict 0' = E[x0^2])."""
+    model.eval()
+    x0, y, lm = images[:64], labels[:64], landmarks[:64]
+    maps = condition_maps(lm, model.config.image_size, model.config.landmark_channels)
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(x0.shape, generator=g)
+    out = {}
+    for t in ts:
+        tt = torch.full((len(x0),), t, dtype=torch.long)
+        xt = add_noise(x0, noise, tt)
+        v = model(xt, tt, cond[y], maps)
+        out[t] = float((x0_from_v(xt, v, tt) - x0).pow(2).mean())
+    return out
+
+
+def report(name: str, model: DiT, data, cond, protos, backbone, args) -> None:
+    images, labels, landmarks = data
+    errs = x0_errors(model, images, labels, landmarks, cond)
+    print(f"[{name}] x0 MSE by t (E[x0^2]={float(images[:64].pow(2).mean()):.3f}): "
+          + " ".join(f"t{t}={e:.3f}" for t, e in errs.items()), flush=True)
+    rows = eval_rows(protos.num_real, protos.num_virtual, args.eval_ids, args.eval_images)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for g in args.guidance:
+        t0 = time.perf_counter()
+        faces = generate(model, cond, rows, landmarks, args.sample_steps, g)
+        secs = time.perf_counter() - t0
+        emb = embed_uint8(backbone, faces, 128)
+        summary = prototype_fidelity(emb, rows, cond, protos.num_real)
+        print(format_fidelity(summary, f"[{name}] guidance {g}, {args.sample_steps} DDIM steps, "
+                                       f"{len(rows)} samples in {secs:.0f}s"), flush=True)
+        pick = np.concatenate([np.arange(0, 4 * args.eval_images * 2, 2), len(rows) // 2 + np.arange(0, 16, 2)])
+        pick = pick[pick < len(rows)]
+        png = OUT / f"{name}_g{g:g}.png"
+        image_grid(list(faces[pick]), 8, png, labels=[("r" if r < protos.num_real else "v") + str(r) for r in rows[pick]])
+        print(f"[{name}] grid -> {png}", flush=True)
+
+
+def train(args, data, cond, backbone) -> tuple[DiT, DiT]:
+    images, labels, landmarks = data
+    torch.manual_seed(args.seed)
+    kw = dict(image_size=112, cond_drop_prob=0.1, landmark_channels=args.lm_channels)
+    for k in ("hidden_size", "depth", "num_heads", "patch_size"):
+        if getattr(args, k) is not None:
+            kw[k] = getattr(args, k)
+    model = build_dit("tiny", **kw)
+    ema = EMA(model, args.ema) if args.ema > 0 else EMA(model, 0.0)  # decay 0 = the raw weights
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0)
+    guard = NonFiniteGuard(5)
+    id_fn = frozen(backbone) if args.id_weight > 0 else None
+    print(f"[{args.name}] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params {model.config}", flush=True)
+    rng = np.random.default_rng(args.seed)
+    perm, pos, step, t0, mses = rng.permutation(len(images)), 0, 0, time.perf_counter(), []
+    while step < args.max_steps and time.perf_counter() - t0 < args.seconds:
+        if pos + args.batch > len(perm):
+            perm, pos = rng.permutation(len(images)), 0
+        idx = torch.as_tensor(perm[pos:pos + args.batch])
+        pos += args.batch
+        model.train()
+        out = dit_train_step(model, ema, opt, images[idx], cond[labels[idx]], landmarks[idx],
+                             step_generator(args.seed, step, 0), guard, step, id_fn, args.id_weight, 0.1)
+        sched.step()
+        mses.append(out["mse"])
+        step += 1
+        if step % 50 == 0:
+            print(f"[{args.name}] step {step} {time.perf_counter() - t0:.0f}s mse(last50)={np.mean(mses[-50:]):.4f} "
+                  f"id={out['id']:.3f}", flush=True)
+    secs = time.perf_counter() - t0
+    print(f"[{args.name}] trained {step} steps (batch {args.batch}) in {secs:.0f}s = {step * args.batch / secs:.0f} img/s; "
+          f"mse first50={np.mean(mses[:50]):.4f} last50={np.mean(mses[-50:]):.4f}; load {open('/proc/loadavg').read().split()[:3]}",
+          flush=True)
+    return model, ema.module
+
+
+@torch.no_grad()
+def oracle(data) -> None:
+    """Sampler check: a 'model' that returns the exact v towards a fixed image must reproduce that image."""
+    images = data[0][:4]
+
+    class Oracle(torch.nn.Module):
+        config = build_dit("tiny", image_size=112).config
+
+        def forward(self, x, t, proto, lm, drop=None):
+            from generation.diffusion import signal_noise_coeffs
+            target = torch.cat([images, images])[:x.shape[0]]
+            a, s = signal_noise_coeffs(t, x)
+            return (a * x - target) / s  # v = a eps - s x0 with eps = (x - a x0) / s
+
+    x = sample_seeded(Oracle(), torch.zeros(4, 512), None, [1, 2, 3, 4], steps=25, guidance=4.0)
+    err = float((x - images).abs().max())
+    print(f"oracle sampler max |x - x0| = {err:.2e} (unit range); round trip uint8 equal: "
+          f"{np.array_equal(unit_to_images(x), unit_to_images(images))}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    image_grid(list(unit_to_images(x)), 4, OUT / "oracle.png")
+
+
+def ceiling(data, cond, protos, backbone) -> None:
+    images, labels, _ = data
+    faces = unit_to_images(images)
+    emb = embed_uint8(backbone, faces, 256)
+    print(format_fidelity(prototype_fidelity(emb, labels.numpy(), cond, protos.num_real),
+                          f"[ceiling] real toy train images ({len(faces)}) vs their own real prototype"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["train", "load", "ceiling", "oracle"])
+    p.add_argument("--name", default="run")
+    p.add_argument("--dit", default="runs/tiny/dit/tiny")
+    p.add_argument("--hidden_size", "--hidden", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--num_heads", "--heads", type=int)
+    p.add_argument("--patch_size", "--patch", type=int)
+    p.add_argument("--lm_channels", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=180)
+    p.add_argument("--max_steps", type=int, default=10 ** 9)
+    p.add_argument("--ema", type=float, default=0.99)
+    p.add_argument("--id_weight", type=float, default=0.1)
+    p.add_argument("--guidance", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 4.0])
+    p.add_argument("--sample_steps", type=int, default=25)
+    p.add_argument("--eval_ids", type=int, default=20, help="identities per kind")
+    p.add_argument("--eval_images", type=int, default=3, help="images per identity")
+    p.add_argument("--raw", action="store_true", help="also evaluate the raw (non-EMA) weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default="/tmp/dit_toy_quality", help="where trained DiTs are saved (save_dit)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_data()
+    if args.mode == "oracle":
+        return oracle(data)
+    protos = load_prototypes(FR / "prototypes")
+    cond = condition_prototypes(protos.weight)
+    backbone = frozen(load_backbone(FR / "backbone"))
+    if args.mode == "ceiling":
+        return ceiling(data, cond, protos, backbone)
+    if args.mode == "load":
+        return report(args.name, load_dit(args.dit).eval(), data, cond, protos, backbone, args)
+    raw, ema = train(args, data, cond, backbone)
+    save_dit(ema, Path(args.save) / f"{args.name}_ema")
+    save_dit(raw, Path(args.save) / f"{args.name}_raw")
+    report(args.name + ("_ema" if args.ema > 0 else ""), ema, data, cond, protos, backbone, args)
+    if args.raw and args.ema > 0:
+        report(args.name + "_raw", raw, data, cond, protos, backbone, args)
+
+
+if __name__ == "__main__":
+    main()
