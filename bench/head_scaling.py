@@ -233,7 +233,7 @@ def main() -> None:
             row: dict[str, Any] = {"n": n, "head": spec.name, "rows_per_rank": spec.rows(n),
                                    "columns": spec.columns(n, args.batch), "analytic_mib": est / MIB}
             if est > args.max_alloc_gib * GIB:
-                row["note"] = f"does not fit --max-alloc-gib {args.max_alloc_gib:g} (analytic {est / GIB:.1f} GiB): not run"
+                row["note"] = f"not run: does not fit --max-alloc-gib {args.max_alloc_gib:g} (analytic {est / GIB:.1f} GiB)"
             else:
                 row.update(run_in_subprocess(spec, n, args))
                 row["note"] = row.get("error", "")
@@ -258,6 +258,7 @@ def main() -> None:
             "max_n_budget_analytic": max_identities(budget, slope),
             "max_n_budget_measured_fit": max_identities(budget, *fit) if fit else None,
             "max_n_gpu_analytic": max_identities(gpu_budget, slope),
+            "max_n_gpu_measured_fit": max_identities(gpu_budget, *fit) if fit else None,
             "measured_bytes_per_identity": fit[0] if fit else None,
             "analytic_bytes_per_identity": slope,
         })
@@ -283,6 +284,7 @@ def main() -> None:
         ("max_n_budget_analytic", f"max N in {budget / GIB:.1f} GiB (analytic)", "{:.2e}".format),
         ("max_n_budget_measured_fit", f"max N in {budget / GIB:.1f} GiB (measured fit)", "{:.2e}".format),
         ("max_n_gpu_analytic", f"max N in {args.gpu_budget_gib:g} GiB (analytic)", "{:.2e}".format),
+        ("max_n_gpu_measured_fit", f"max N in {args.gpu_budget_gib:g} GiB (measured fit)", "{:.2e}".format),
     ])
     header = (f"ArcFace head, embedding {args.dim}, batch {args.batch}, fp32, SGD momentum; CPU "
               f"{machine['cpu_model']}, {machine['cpu_count']} CPUs, {args.threads} torch threads; "

@@ -184,6 +184,19 @@ class EvaluateSection:
 
 
 @dataclass
+class CompareSection:
+    """VIGFace Tables 1-2 at any scale: FR trained on (a) real, (b) virtual-only synthetic,
+    (c) real + real-ID augmentation, (d) real + virtual + real-ID augmentation."""
+
+    settings: list[str] = field(default_factory=lambda: ["real", "virtual", "real+realaug", "real+virtual+realaug"])
+    real: str = ""  # real shard directory; empty: the train_fr dataset
+    virtual: str = ""  # virtual synthetic dataset; empty: the generate output (generated if missing)
+    realaug_name: str = "vigface_realaug"  # dataset name of the real-ID augmentation (generated if missing)
+    augment_real_to: int = 50  # real-ID augmentation tops every real class below this up to it
+    fr_overrides: list[str] = field(default_factory=list)  # key=value overrides for the four FR runs
+
+
+@dataclass
 class FacesynthConfig:
     run: RunSection = field(default_factory=RunSection)
     ray: RaySection = field(default_factory=RaySection)
@@ -193,6 +206,7 @@ class FacesynthConfig:
     train_dit: TrainDiTSection = field(default_factory=TrainDiTSection)
     generate: GenerateSection = field(default_factory=GenerateSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    compare: CompareSection = field(default_factory=CompareSection)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,6 +349,15 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         keys, value = parse_override(text)
         data = _merge(data, _nest(keys, value))
     return _build(cls, data)
+
+
+def with_overrides(cfg: Any, overrides: typing.Sequence[str]) -> Any:
+    """A copy of ``cfg`` with ``key=value`` overrides applied (same checks as on the command line)."""
+    data = to_dict(cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        data = _merge(data, _nest(keys, value))
+    return _build(type(cfg), data)
 
 
 def from_dict(data: dict, cls: type = FacesynthConfig) -> Any:

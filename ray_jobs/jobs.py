@@ -39,6 +39,12 @@ def evaluate(cfg: FacesynthConfig) -> None:
     run_evaluate(cfg)
 
 
+def compare(cfg: FacesynthConfig) -> None:
+    from ray_jobs.compare import run_compare
+
+    run_compare(cfg)
+
+
 def pipeline(cfg: FacesynthConfig) -> None:
     """Every stage that exists, in order, on one config (the README's main command)."""
     for name in PIPELINE:
@@ -49,4 +55,4 @@ def pipeline(cfg: FacesynthConfig) -> None:
 PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "evaluate"]
 JOBS: dict[str, Callable[[FacesynthConfig], None]] = {
     "prepare": prepare, "train_fr": train_fr, "train_dit": train_dit, "generate": generate, "evaluate": evaluate,
-    "pipeline": pipeline}
+    "compare": compare, "pipeline": pipeline}

@@ -81,7 +81,8 @@ def mlflow_run(cfg: FacesynthConfig, job: str) -> Iterator[Tracker]:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     _ensure_experiment(uri, cfg.mlflow.experiment)
-    with mlflow.start_run(run_name=f"{cfg.run.name}-{job}") as run:
+    # a job started inside another job's run (compare -> train_fr) becomes its nested child run
+    with mlflow.start_run(run_name=f"{cfg.run.name}-{job}", nested=mlflow.active_run() is not None) as run:
         params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
         mlflow.log_params(params)
         mlflow.set_tags({"job": job, "run_name": cfg.run.name})

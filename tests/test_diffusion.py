@@ -1,6 +1,7 @@
 """Schedule, v-parameterisation, training losses (incl. a tiny overfit) and EMA."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from generation.diffusion import (
     add_noise,
@@ -13,6 +14,7 @@ from generation.diffusion import (
     v_target,
     x0_from_v,
 )
+from fr.backbones import build_backbone
 from generation.dit import build_dit
 from generation.ema import EMA
 from generation.landmark_map import render_landmark_map
@@ -137,6 +139,14 @@ def test_tiny_dit_overfits_four_images():
     out = sample(model.eval(), protos, landmarks, steps=10, guidance=1.0, generator=torch.Generator().manual_seed(2))
     dist = (out[:, None] - images[None]).pow(2).flatten(2).mean(-1)  # [sample, image]
     assert torch.equal(dist.argmin(1), torch.arange(4)), dist
+    # ... and an FR network sees each sample as its own training image's identity: FR cosine to its own
+    # image clearly above the cosine to the other three (a fixed random tiny IResNet as f_FR)
+    torch.manual_seed(3)
+    fr = build_backbone("iresnet_tiny", 64, base_width=8, input_size=16, auto_resize=True).eval()
+    with torch.no_grad():
+        cos = F.normalize(fr(to_fr_input(out)), dim=1) @ F.normalize(fr(to_fr_input(images)), dim=1).t()
+    own, other = cos.diag(), (cos.sum(1) - cos.diag()) / 3
+    assert bool((own > other).all()) and float(own.mean() - other.mean()) > 0.05, cos
 
 
 def test_ema_matches_hand_computation():
