@@ -36,7 +36,10 @@ def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
     c = cfg.compare
     dirs = {"real": Path(c.real) if c.real else fr_dataset_dir(cfg)}
     if "virtual" in needed:
-        vcfg = with_overrides(cfg, ["generate.which=virtual"])
+        vcfg = with_overrides(cfg, ["generate.which=virtual", f"generate.dataset_name={c.virtual_name}",
+                                    f"generate.num_identities={c.virtual_identities}",
+                                    f"generate.images_per_identity={c.virtual_images_per_identity}",
+                                    *c.generate_overrides])
         dirs["virtual"] = Path(c.virtual) if c.virtual else generate_out_dir(vcfg)
         if not (dirs["virtual"] / MANIFEST).exists():
             if c.virtual:
@@ -48,7 +51,8 @@ def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
         # real-ID augmentation shows real people: it is not claimed privacy-free, so no privacy gate here
         acfg = with_overrides(cfg, ["generate.which=real", "generate.num_identities=0",
                                     f"generate.augment_real_to={c.augment_real_to}",
-                                    f"generate.dataset_name={c.realaug_name}", "generate.privacy_check=false"])
+                                    f"generate.dataset_name={c.realaug_name}", "generate.privacy_check=false",
+                                    *c.generate_overrides])
         dirs["realaug"] = generate_out_dir(acfg)
         if not (dirs["realaug"] / MANIFEST).exists():
             run_generate(acfg)

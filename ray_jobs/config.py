@@ -190,7 +190,11 @@ class CompareSection:
 
     settings: list[str] = field(default_factory=lambda: ["real", "virtual", "real+realaug", "real+virtual+realaug"])
     real: str = ""  # real shard directory; empty: the train_fr dataset
-    virtual: str = ""  # virtual synthetic dataset; empty: the generate output (generated if missing)
+    virtual: str = ""  # virtual synthetic dataset; empty: generated (if missing) as <virtual_name>
+    virtual_name: str = "vigface_virtual_cmp"
+    virtual_identities: int = 0  # 0 = every virtual prototype
+    virtual_images_per_identity: int = 50
+    generate_overrides: list[str] = field(default_factory=list)  # key=value for both synthetic generations
     realaug_name: str = "vigface_realaug"  # dataset name of the real-ID augmentation (generated if missing)
     augment_real_to: int = 50  # real-ID augmentation tops every real class below this up to it
     fr_overrides: list[str] = field(default_factory=list)  # key=value overrides for the four FR runs

@@ -179,6 +179,11 @@ def train_loop(loop_config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_fr_checkpoint(d, net, head, net_opt, head_opt, device)
+        if state.get("global_batch", t.batch_size) != t.batch_size or state.get("num_images", len(dataset)) != len(dataset):
+            raise ValueError(
+                f"run {cfg.run.name!r} was checkpointed with batch {state.get('global_batch')} on "
+                f"{state.get('num_images')} images; now batch {t.batch_size} on {len(dataset)}: the data position "
+                f"would not match. Use another run.name, or the same batch size and dataset.")
         full_head = head.gather_rows(head.weight)  # collective
         state.setdefault("resumes", []).append({
             "step": state["step"], "saved_world_size": state.get("world_size"), "world_size": world,
@@ -198,7 +203,8 @@ def train_loop(loop_config: dict) -> None:
     metrics: dict[str, float] = {}
 
     def save(final: bool) -> None:
-        state.update(step=step, nonfinite_total=guard.total, world_size=world, total_steps=total_steps)
+        state.update(step=step, nonfinite_total=guard.total, world_size=world, total_steps=total_steps,
+                     global_batch=t.batch_size, num_images=len(dataset))
         with tempfile.TemporaryDirectory() as tmp:
             save_fr_checkpoint(tmp, net, head, net_opt, head_opt, dict(state), write=rank == 0)
             report = dict(metrics, step=step, final=float(final))
