@@ -42,5 +42,5 @@ def to_model_input(rgb_batch: np.ndarray) -> "torch.Tensor":
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected RGB faces of shape (B, H, W, 3), got {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
+    t = torch.from_numpy(np.array(arr, order="C", copy=True)).permute(0, 3, 1, 2).float()
     return (t - 127.5) / 128.0

@@ -405,12 +405,12 @@ def _prototype_figures(files: EvaluatorFiles, sets: dict[str, EvaluatedSet], out
 @ray.remote
 def _verify_task(prefix: str, bins: list[str], batch_size: int, use_gpu: bool) -> tuple[dict, dict[str, bytes]]:
     from fr.backbones import load_backbone
-    from ray_jobs.train_fr import _verification_sets, evaluate_backbone
+    from ray_jobs.train_fr import verification_sets, evaluate_backbone
 
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     backbone = load_backbone(prefix, device=device)
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = evaluate_backbone(backbone, _verification_sets(bins), device, batch_size, plot_dir=Path(tmp))
+        metrics = evaluate_backbone(backbone, verification_sets(bins), device, batch_size, plot_dir=Path(tmp))
         return metrics, {p.name: p.read_bytes() for p in sorted(Path(tmp).glob("*.png"))}
 
 

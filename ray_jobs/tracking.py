@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -22,8 +22,6 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from fr.backbones import load_backbone
 from fr.prototypes import load_prototypes
@@ -38,7 +36,8 @@ from generation.trainer_step import (DiTInputError, DiTShardDataset, check_dit_i
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, TrainDiTSection, from_dict, to_dict
 from ray_jobs.tracking import mlflow_run, tracking_uri
-from ray_jobs.train_fr import _absolute_uri, _MlflowLogger, fr_dataset_dir, fr_export_dir
+from ray_jobs.train_common import WorkerMetricsLogger, absolute_uri, make_torch_trainer
+from ray_jobs.train_fr import fr_dataset_dir, fr_export_dir
 
 log = logging.getLogger(__name__)
 MAX_NONFINITE = 5  # consecutive non-finite losses before the run stops
@@ -116,7 +115,7 @@ def train_loop(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    logger = _MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
+    logger = WorkerMetricsLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
 
     model_cfg = DiTConfig.from_dict(loop_config["model_config"])
     dataset = DiTShardDataset(loop_config["dataset_dir"], image_size=model_cfg.image_size)
@@ -208,19 +207,14 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
         tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images,
                          "num_virtual": checked["prototypes"].num_virtual,
                          "dit_params_m": sum(p.numel() for p in DiT(model_cfg).parameters()) / 1e6})
-        loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": _absolute_uri(tracking_uri(cfg)),
+        loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": absolute_uri(tracking_uri(cfg)),
                        "dataset_dir": str(checked["data_dir"].resolve()), "model_config": model_cfg.to_dict(),
                        "prototypes": str(dit_prototypes_prefix(cfg).resolve()),
                        "backbone": str(dit_backbone_prefix(cfg).resolve())}
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                         resources_per_worker={"CPU": t.cpus_per_worker}),
-            run_config=RunConfig(name=f"{cfg.run.name}-train_dit", storage_path=str(storage),
-                                 failure_config=FailureConfig(max_failures=t.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
-        )
+        trainer = make_torch_trainer(train_loop, loop_config, name=f"{cfg.run.name}-train_dit", storage=storage,
+                                     num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     cpus_per_worker=t.cpus_per_worker, max_failures=t.max_failures,
+                                     keep_checkpoints=t.keep_checkpoints)
         t0 = time.perf_counter()
         result = trainer.fit()
         seconds = time.perf_counter() - t0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +23,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from fr.augment import AugmentConfig, FaceAugment
 from fr.crfiqa import certainty_ratio, quality_loss
@@ -38,6 +35,7 @@ from fr.training import GlobalBatchOrder, LRSchedule, NonFiniteGuard, NonFiniteL
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, TrainFRSection, from_dict, to_dict
 from ray_jobs.tracking import mlflow_run, tracking_uri
+from ray_jobs.train_common import WorkerMetricsLogger, absolute_uri, make_torch_trainer
 
 log = logging.getLogger(__name__)
 STOPPED_FILE = "stopped_nonfinite.json"
@@ -84,32 +82,7 @@ def validate_fr_config(t: TrainFRSection, num_images: int) -> None:
 # worker side
 
 
-class _MlflowLogger:
-    """Rank-0 metric logging into the driver's MLflow run (MlflowClient, no global state)."""
-
-    def __init__(self, uri: str, run_id: str | None, enabled: bool):
-        self.client = None
-        self.run_id = run_id
-        if enabled and run_id:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(uri)
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()
-                                                   if v is not None and np.isfinite(v)])
-
-    def artifact(self, path: Path, subdir: str | None = None) -> None:
-        if self.client is not None:
-            self.client.log_artifact(self.run_id, str(path), subdir)
-
-
-def _verification_sets(paths: list[str]) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+def verification_sets(paths: list[str]) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
     from fr.binfile import load_bin
     from fr.images import decode_image
 
@@ -155,7 +128,7 @@ def train_loop(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
     torch.manual_seed(cfg.run.seed)
-    logger = _MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
+    logger = WorkerMetricsLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
 
     augment = FaceAugment(AugmentConfig(erase_prob=t.augment_prob, rescale_prob=t.augment_prob,
                                         jitter_prob=t.augment_prob)) if t.augment else None
@@ -196,7 +169,7 @@ def train_loop(loop_config: dict) -> None:
     scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype == torch.float16 else None
     guard = NonFiniteGuard(t.max_nonfinite)
     guard.total = state.get("nonfinite_total", 0)
-    sets = _verification_sets(loop_config["verify_bins"]) if rank == 0 else {}
+    sets = verification_sets(loop_config["verify_bins"]) if rank == 0 else {}
     backbone_params = [p for p in net.parameters()]
     step = state["step"]
     t_log, n_log = time.perf_counter(), 0
@@ -338,18 +311,13 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
     (export_dir / STOPPED_FILE).unlink(missing_ok=True)  # a marker of an earlier stopped attempt
     with mlflow_run(cfg, "train_fr") as tracker:
         tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images})
-        loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": _absolute_uri(tracking_uri(cfg)),
+        loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": absolute_uri(tracking_uri(cfg)),
                        "dataset_dir": str(data_dir.resolve()), "num_classes": info.num_classes,
                        "verify_bins": [str(b.resolve()) for b in bins], "export_dir": str(export_dir)}
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                         resources_per_worker={"CPU": t.cpus_per_worker}),
-            run_config=RunConfig(name=f"{cfg.run.name}-train_fr", storage_path=str(storage),
-                                 failure_config=FailureConfig(max_failures=t.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
-        )
+        trainer = make_torch_trainer(train_loop, loop_config, name=f"{cfg.run.name}-train_fr", storage=storage,
+                                     num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     cpus_per_worker=t.cpus_per_worker, max_failures=t.max_failures,
+                                     keep_checkpoints=t.keep_checkpoints)
         t0 = time.perf_counter()
         result = trainer.fit()
         seconds = time.perf_counter() - t0
@@ -382,11 +350,3 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
             tracker.artifact(export_dir / name, "fr_model")
         log.info("train_fr: done in %.1f s; exported %s", seconds, {k: str(v) for k, v in paths.items()})
         return {"metrics": summary, "paths": paths, "state": final_state}
-
-
-def _absolute_uri(uri: str) -> str:
-    """Workers run in other directories: make a relative sqlite path absolute."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
-    return uri

@@ -4,7 +4,6 @@ import shutil
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient

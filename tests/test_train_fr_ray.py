@@ -1,7 +1,6 @@
 """End-to-end FR training on Ray Train: fault injection + resume, and resume on another world size."""
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file

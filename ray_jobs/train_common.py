@@ -1,0 +1,60 @@
+"""Ray Train wiring shared by the training jobs: the TorchTrainer set-up, rank-0 MLflow logging from
+workers, and the tracking URI the workers can reach."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+
+def make_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], *, name: str, storage: Path,
+                       num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int,
+                       keep_checkpoints: int) -> TorchTrainer:
+    """A TorchTrainer whose run ``name`` under ``storage`` is the resume key (rerun = resume)."""
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
+    )
+
+
+class WorkerMetricsLogger:
+    """Rank-0 metric logging into the driver's MLflow run (MlflowClient, no global state)."""
+
+    def __init__(self, uri: str, run_id: str | None, enabled: bool):
+        self.client = None
+        self.run_id = run_id
+        if enabled and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(uri)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()
+                                                   if v is not None and np.isfinite(v)])
+
+    def artifact(self, path: Path, subdir: str | None = None) -> None:
+        if self.client is not None:
+            self.client.log_artifact(self.run_id, str(path), subdir)
+
+
+def absolute_uri(uri: str) -> str:
+    """Workers run in other directories: make a relative sqlite path absolute."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
