@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+
+
+@dataclass
+class WorkerContext:
+    cfg: Any
+    rank: int
+    world: int
+    device: Any  # torch.device
+    logger: "WorkerMetricsLogger"
+
+
+def worker_context(loop_config: dict[str, Any], section: str) -> WorkerContext:
+    """Inside a Ray Train worker: the config, rank, world size, device (GPU if ``cfg.<section>.use_gpu``),
+    seeded torch and the rank-0 MLflow logger."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from ray_jobs.config import from_dict
+
+    cfg = from_dict(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if getattr(cfg, section).use_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    logger = WorkerMetricsLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
+    return WorkerContext(cfg, rank, world, device, logger)
 
 
 def make_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], *, name: str, storage: Path,

@@ -34,9 +34,9 @@ from generation.ema import EMA
 from generation.trainer_step import (DiTInputError, DiTShardDataset, check_dit_inputs, check_fr_backbone,
                                      dit_train_step, frozen, grid_samples, step_generator)
 from ray_jobs.cluster import init_ray
-from ray_jobs.config import FacesynthConfig, TrainDiTSection, from_dict, to_dict
+from ray_jobs.config import FacesynthConfig, TrainDiTSection, to_dict
 from ray_jobs.tracking import mlflow_run, tracking_uri
-from ray_jobs.train_common import WorkerMetricsLogger, absolute_uri, make_torch_trainer
+from ray_jobs.train_common import absolute_uri, make_torch_trainer, worker_context
 from ray_jobs.train_fr import fr_dataset_dir, fr_export_dir
 
 log = logging.getLogger(__name__)
@@ -109,13 +109,9 @@ def _grid_png(ema_model: DiT, proto_rows: np.ndarray, landmarks: np.ndarray, lab
 
 def train_loop(loop_config: dict) -> None:
     """One Ray Train worker; every rank runs the same steps on its slice of the global batch."""
-    cfg = from_dict(loop_config["cfg"])
+    wc = worker_context(loop_config, "train_dit")
+    cfg, rank, world, device, logger = wc.cfg, wc.rank, wc.world, wc.device, wc.logger
     t = cfg.train_dit
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    logger = WorkerMetricsLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
 
     model_cfg = DiTConfig.from_dict(loop_config["model_config"])
     dataset = DiTShardDataset(loop_config["dataset_dir"], image_size=model_cfg.image_size)

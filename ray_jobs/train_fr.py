@@ -33,9 +33,9 @@ from fr.partial_fc import PartialFCHead
 from fr.shards import check_labels, read_dataset_json
 from fr.training import GlobalBatchOrder, LRSchedule, NonFiniteGuard, NonFiniteLossError, clip_and_step, set_lr
 from ray_jobs.cluster import init_ray
-from ray_jobs.config import FacesynthConfig, TrainFRSection, from_dict, to_dict
+from ray_jobs.config import FacesynthConfig, TrainFRSection, to_dict
 from ray_jobs.tracking import mlflow_run, tracking_uri
-from ray_jobs.train_common import WorkerMetricsLogger, absolute_uri, make_torch_trainer
+from ray_jobs.train_common import absolute_uri, make_torch_trainer, worker_context
 
 log = logging.getLogger(__name__)
 STOPPED_FILE = "stopped_nonfinite.json"
@@ -122,13 +122,9 @@ def evaluate_backbone(backbone: torch.nn.Module, sets: dict, device: torch.devic
 
 def train_loop(loop_config: dict) -> None:
     """One Ray Train worker. All ranks run the same steps; collectives happen inside the head."""
-    cfg = from_dict(loop_config["cfg"])
+    wc = worker_context(loop_config, "train_fr")
+    cfg, rank, world, device, logger = wc.cfg, wc.rank, wc.world, wc.device, wc.logger
     t = cfg.train_fr
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
-    torch.manual_seed(cfg.run.seed)
-    logger = WorkerMetricsLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
 
     augment = FaceAugment(AugmentConfig(erase_prob=t.augment_prob, rescale_prob=t.augment_prob,
                                         jitter_prob=t.augment_prob)) if t.augment else None
