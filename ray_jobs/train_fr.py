@@ -97,7 +97,7 @@ def evaluate_backbone(backbone: torch.nn.Module, sets: dict, device: torch.devic
                       plot_dir: Path | None = None) -> dict[str, Any]:
     """10-fold verification (flip test) on every set; returns metrics (and ROC/histogram PNGs)."""
     from evaluation.plots import plot_roc, plot_similarity_histogram
-    from evaluation.verification import evaluate_pairs, pair_similarities, embed_images
+    from evaluation.verification import embed_images, evaluate_similarities, pair_similarities
 
     was_training = backbone.training
     backbone.eval()
@@ -107,11 +107,11 @@ def evaluate_backbone(backbone: torch.nn.Module, sets: dict, device: torch.devic
 
     metrics, curves = {}, {}
     for name, (images, issame) in sets.items():
-        result = evaluate_pairs(embed_fn, images, issame, batch_size=batch_size, flip=True)
+        sims = pair_similarities(embed_images(embed_fn, images, batch_size=batch_size, flip=True))  # embed once
+        result = evaluate_similarities(sims, issame)
         metrics.update(result.to_metrics(f"verify/{name}/"))
         curves[name] = (result.fpr, result.tpr, result.auc)
         if plot_dir is not None:
-            sims = pair_similarities(embed_images(embed_fn, images, batch_size=batch_size, flip=True))
             plot_similarity_histogram(sims, issame, plot_dir / f"similarity_hist_{name}.png",
                                       title=f"{name}: genuine vs impostor cosine")
     if plot_dir is not None and curves:
