@@ -32,7 +32,6 @@ from generation.conditions import condition_maps, condition_prototypes, sample_s
 from generation.diffusion import add_noise, x0_from_v  # noqa: E402
 from generation.dit import DiT, build_dit, load_dit, save_dit  # noqa: E402
 from generation.ema import EMA  # noqa: E402
-from generation.sampler import ddim_step, ddim_timesteps, alpha_bar, ddim_sigma  # noqa: E402
 from generation.trainer_step import DiTShardDataset, dit_train_step, frozen, step_generator  # noqa: E402
 
 DATA = Path("runs/tiny/data/toy/train")

@@ -34,18 +34,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MIB, REPO_ROOT, format_table, machine_info, write_json  # noqa: E402
+from bench.common import MIB, REPO_ROOT, format_table, machine_info, proc_status_kib, write_json  # noqa: E402
 
 DIM = 512
 CLASS_SIZE = 10
 QUERY_CHUNK, KEY_CHUNK = 4096, 65536  # the evaluate config defaults
-
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise ValueError(f"/proc/self/status has no {key}")
 
 
 def memory_bound_bytes_mib(qc: int, kc: int) -> float:
@@ -74,7 +67,7 @@ def knn_child(n: int, max_queries: int, threads: int) -> dict[str, Any]:
     labels = np.arange(n, dtype=np.int64) // CLASS_SIZE
     q = min(n, max_queries)
     topk_cosine(synth[:64], real[:4096], 1)  # warm-up (allocator, kernels)
-    base = _status_kib("VmRSS")
+    base = proc_status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     t0 = time.perf_counter()
     topk_cosine(synth[:q], real, 1, query_chunk=QUERY_CHUNK, key_chunk=KEY_CHUNK)
@@ -86,7 +79,7 @@ def knn_child(n: int, max_queries: int, threads: int) -> dict[str, Any]:
         "n": n, "queries": q, "threads": threads,
         "synth_to_real_s": (t1 - t0) * scale, "real_nearest_negative_s": (t2 - t1) * scale,
         "leakage_search_s": (t2 - t0) * scale, "measured_s": t2 - t0,
-        "peak_mib": (_status_kib("VmHWM") - base) / 1024,
+        "peak_mib": (proc_status_kib("VmHWM") - base) / 1024,
         "bound_mib": memory_bound_bytes_mib(min(QUERY_CHUNK, q), min(KEY_CHUNK, n)),
         "bound_plus_int64_mib": memory_bound_bytes_mib(min(QUERY_CHUNK, q), min(KEY_CHUNK, n))
         + int64_count_mib(min(QUERY_CHUNK, q), min(KEY_CHUNK, n)),

@@ -40,7 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import GIB, MIB, REPO_ROOT, format_table, machine_info, meminfo_bytes, write_json  # noqa: E402
+from bench.common import (GIB, MIB, REPO_ROOT, format_table, machine_info, meminfo_bytes,  # noqa: E402
+                          proc_status_kib, write_json)  # noqa: E402
 
 FP32 = 4
 
@@ -84,13 +85,6 @@ def analytic_bytes(rows: int, columns: int, batch: int, dim: int) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # child process: one (head, N) configuration
-
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise ValueError(f"/proc/self/status has no {key}")
 
 
 def _reset_peak_rss() -> None:
@@ -137,10 +131,10 @@ def run_child(spec: HeadSpec, n: int, batch: int, dim: int, warmup: int, steps: 
     labels = torch.randint(0, rows, (batch,), generator=gen)
     tiny_rows = 4 * batch
     head_step(*build_head(spec, tiny_rows, dim), embeddings, labels % tiny_rows)
-    base = _status_kib("VmRSS")
+    base = proc_status_kib("VmRSS")
     _reset_peak_rss()
     head, opt = build_head(spec, rows, dim)
-    build_peak = _status_kib("VmHWM") - base
+    build_peak = proc_status_kib("VmHWM") - base
     for _ in range(warmup):
         head_step(head, opt, embeddings, labels)
     _reset_peak_rss()
@@ -151,8 +145,8 @@ def run_child(spec: HeadSpec, n: int, batch: int, dim: int, warmup: int, steps: 
         times.append(time.perf_counter() - t0)
     return {
         "baseline_rss_mib": base / 1024,
-        "peak_mib": (_status_kib("VmHWM") - base) / 1024,
-        "after_mib": (_status_kib("VmRSS") - base) / 1024,
+        "peak_mib": (proc_status_kib("VmHWM") - base) / 1024,
+        "after_mib": (proc_status_kib("VmRSS") - base) / 1024,
         "build_peak_mib": build_peak / 1024,
         "step_ms": 1000 * statistics.median(times),
         "step_ms_all": [1000 * t for t in times],

@@ -18,30 +18,12 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_curve
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from evaluation.verification import best_threshold, pair_similarities, raw_pixel_embed_fn, images_to_tensor  # noqa: E402
 from fr.images import decode_image  # noqa: E402
 from fr.toyfaces import ToyFaceConfig, iter_toy_records, make_verification_pairs  # noqa: E402
-
-
-def best_threshold_accuracy(scores: np.ndarray, issame: np.ndarray) -> float:
-    """Highest accuracy over all thresholds (optimistic; fine for a difficulty check)."""
-    fpr, tpr, _ = roc_curve(issame.astype(int), scores)
-    pos, neg = issame.sum(), (~issame).sum()
-    return float(np.max((tpr * pos + (1 - fpr) * neg) / (pos + neg)))
-
-
-def pair_cosines(features: np.ndarray) -> np.ndarray:
-    """Cosine of rows (2i, 2i+1)."""
-    f = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
-    return np.sum(f[0::2] * f[1::2], axis=1)
-
-
-def raw_pixel_features(images: list[np.ndarray]) -> np.ndarray:
-    x = np.stack(images).reshape(len(images), -1).astype(np.float64)
-    return x - x.mean(axis=1, keepdims=True)
 
 
 def to_tensor(images: list[np.ndarray], side: int) -> torch.Tensor:
@@ -114,7 +96,8 @@ def main() -> None:
     blobs, issame = make_verification_pairs(cfg, args.verify_ids, args.pairs, seed=args.seed + 1)
     pair_images = [decode_image(b) for b in blobs]
 
-    raw_acc = best_threshold_accuracy(pair_cosines(raw_pixel_features(pair_images)), issame)
+    # best threshold over all pairs (optimistic; fine for a difficulty check)
+    _, raw_acc = best_threshold(pair_similarities(raw_pixel_embed_fn(images_to_tensor(pair_images))), issame)
     print(f"raw-pixel cosine verification accuracy ({args.pairs} pairs): {100 * raw_acc:.2f}%")
 
     t1 = time.perf_counter()
@@ -124,7 +107,7 @@ def main() -> None:
     with torch.no_grad():
         xp = to_tensor(pair_images, args.side)
         emb = torch.cat([net(xp[i : i + 512]) + net(xp[i : i + 512].flip(3)) for i in range(0, len(xp), 512)])
-    cnn_acc = best_threshold_accuracy(pair_cosines(emb.numpy()), issame)
+    _, cnn_acc = best_threshold(pair_similarities(emb), issame)
     print(f"small-CNN cosine verification accuracy ({args.pairs} pairs): {100 * cnn_acc:.2f}% "
           f"(trained {time.perf_counter() - t1:.0f}s on {args.train_ids} ids x {args.per_id} images)")
 
