@@ -1,6 +1,11 @@
-"""The job registry: name -> function(config). ``pipeline`` runs the end-to-end chain on one config."""
+"""The job registry: name -> function(config). ``pipeline`` runs the end-to-end chain on one config.
+
+Each job's module is imported only when the job runs, so the CLI starts fast and a job never pays
+for another's imports.
+"""
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Callable
 
@@ -8,41 +13,24 @@ from ray_jobs.config import FacesynthConfig
 
 log = logging.getLogger(__name__)
 
-
-def prepare(cfg: FacesynthConfig) -> None:
-    from ray_jobs.prepare import run_prepare
-
-    run_prepare(cfg)
-
-
-def train_fr(cfg: FacesynthConfig) -> None:
-    from ray_jobs.train_fr import run_train_fr
-
-    run_train_fr(cfg)
-
-
-def train_dit(cfg: FacesynthConfig) -> None:
-    from ray_jobs.train_dit import run_train_dit
-
-    run_train_dit(cfg)
+# job name -> (module in ray_jobs, function taking the config)
+_JOB_TARGETS = {
+    "prepare": ("prepare", "run_prepare"),
+    "train_fr": ("train_fr", "run_train_fr"),
+    "train_dit": ("train_dit", "run_train_dit"),
+    "generate": ("generate", "run_generate"),
+    "evaluate": ("evaluate", "run_evaluate"),
+    "compare": ("compare", "run_compare"),
+}
+PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "evaluate"]
 
 
-def generate(cfg: FacesynthConfig) -> None:
-    from ray_jobs.generate import run_generate
+def _lazy(module: str, function: str) -> Callable[[FacesynthConfig], None]:
+    def run(cfg: FacesynthConfig) -> None:
+        getattr(importlib.import_module(f"ray_jobs.{module}"), function)(cfg)
 
-    run_generate(cfg)
-
-
-def evaluate(cfg: FacesynthConfig) -> None:
-    from ray_jobs.evaluate import run_evaluate
-
-    run_evaluate(cfg)
-
-
-def compare(cfg: FacesynthConfig) -> None:
-    from ray_jobs.compare import run_compare
-
-    run_compare(cfg)
+    run.__name__ = function
+    return run
 
 
 def pipeline(cfg: FacesynthConfig) -> None:
@@ -52,7 +40,5 @@ def pipeline(cfg: FacesynthConfig) -> None:
         JOBS[name](cfg)
 
 
-PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "evaluate"]
 JOBS: dict[str, Callable[[FacesynthConfig], None]] = {
-    "prepare": prepare, "train_fr": train_fr, "train_dit": train_dit, "generate": generate, "evaluate": evaluate,
-    "compare": compare, "pipeline": pipeline}
+    **{name: _lazy(*target) for name, target in _JOB_TARGETS.items()}, "pipeline": pipeline}
