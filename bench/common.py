@@ -84,3 +84,10 @@ def proc_status_kib(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise ValueError(f"/proc/self/status has no {key}")
+
+
+def machine_busy_cpu_s() -> float:
+    """CPU seconds all processes on the machine have spent busy (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")

@@ -39,9 +39,9 @@ FR = Path("runs/tiny/fr/tiny")
 OUT = Path("bench/results/dit_toy_quality")
 
 
-def load_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All toy training images [N, 3, S, S] in [-1, 1], labels [N], landmarks [N, 5, 2]."""
-    ds = DiTShardDataset(DATA)
+def load_data(size: int = 112) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All toy training images [N, 3, S, S] in [-1, 1] at ``size`` px, labels [N], landmarks [N, 5, 2]."""
+    ds = DiTShardDataset(DATA, model_image_size=size)
     items = [ds[i] for i in range(len(ds))]
     return (torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items]),
             torch.stack([lm for _, _, lm in items]))
@@ -113,7 +113,7 @@ def report(name: str, model: DiT, data, cond, protos, backbone, args) -> None:
 def train(args, data, cond, backbone) -> tuple[DiT, DiT]:
     images, labels, landmarks = data
     torch.manual_seed(args.seed)
-    kw = dict(image_size=112, cond_drop_prob=0.1, landmark_channels=args.lm_channels)
+    kw = dict(image_size=args.image_size, cond_dim=cond.shape[1], cond_drop_prob=0.1, landmark_channels=args.lm_channels)
     for k in ("hidden_size", "depth", "num_heads", "patch_size"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
@@ -182,6 +182,8 @@ def main() -> None:
     p.add_argument("mode", choices=["train", "load", "ceiling", "oracle"])
     p.add_argument("--name", default="run")
     p.add_argument("--dit", default="runs/tiny/dit/tiny")
+    p.add_argument("--fr", default=str(FR), help="stage-1 export (backbone + prototypes) to condition on")
+    p.add_argument("--image_size", type=int, default=112, help="DiT resolution (toy faces are area-downscaled)")
     p.add_argument("--hidden_size", "--hidden", type=int)
     p.add_argument("--depth", type=int)
     p.add_argument("--num_heads", "--heads", type=int)
@@ -204,12 +206,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_data()
+    if args.mode == "load":
+        args.image_size = load_dit(args.dit).config.image_size
+    data = load_data(112 if args.mode == "oracle" else args.image_size)
     if args.mode == "oracle":
         return oracle(data)
-    protos = load_prototypes(FR / "prototypes")
+    protos = load_prototypes(Path(args.fr) / "prototypes")
     cond = condition_prototypes(protos.weight)
-    backbone = frozen(load_backbone(FR / "backbone"))
+    backbone = frozen(load_backbone(Path(args.fr) / "backbone"))
     if args.mode == "ceiling":
         return ceiling(data, cond, protos, backbone)
     if args.mode == "load":

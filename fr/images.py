@@ -30,6 +30,22 @@ def decode_image(data: bytes) -> np.ndarray:
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
+def resize_faces(rgb_batch: np.ndarray, size: int) -> np.ndarray:
+    """Uint8 RGB faces (B, H, W, 3) -> (B, size, size, 3): area averaging down, bicubic up, as is if equal."""
+    arr = np.asarray(rgb_batch)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[1] != arr.shape[2]:
+        raise ValueError(f"expected square RGB faces of shape (B, S, S, 3), got {arr.shape}")
+    if size < 1:
+        raise ValueError(f"resize_faces: size must be >= 1, got {size}")
+    if arr.shape[1] == size:
+        return arr
+    interp = cv2.INTER_AREA if size < arr.shape[1] else cv2.INTER_CUBIC
+    out = np.empty((arr.shape[0], size, size, 3), np.uint8)
+    for i, img in enumerate(arr):
+        out[i] = cv2.resize(img, (size, size), interpolation=interp)
+    return out
+
+
 def to_model_input(rgb_batch: np.ndarray) -> "torch.Tensor":
     """Uint8 RGB faces (B, H, W, 3) -> float tensor (B, 3, H, W) normalised as (x - 127.5) / 128.
 

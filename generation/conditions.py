@@ -290,10 +290,13 @@ class RowSampler:
     takes columns of :meth:`GenerationPlan.rows` (``proto_index``, ``landmark_index``, ``noise_seed``,
     and passes through ``row``, ``label``, ``chunk``) and returns them with ``image`` (encoded bytes)
     and ``landmarks`` ([B, 10], the condition used). Row images do not depend on the batching.
+    ``landmark_sets`` are in ``output_size`` pixels (default: the DiT's size); a smaller DiT draws its
+    condition maps from them scaled down and its faces are upscaled (bicubic) to ``output_size``.
     """
 
     def __init__(self, dit_dir: str, prototypes_prefix: str, landmark_sets: np.ndarray, steps: int = 50,
-                 guidance: float = 4.0, eta: float = 0.0, image_format: str = "jpg", use_gpu: bool = False):
+                 guidance: float = 4.0, eta: float = 0.0, image_format: str = "jpg", use_gpu: bool = False,
+                 output_size: int | None = None):
         from fr.prototypes import load_prototypes
         from generation.dit import load_dit
 
@@ -303,16 +306,22 @@ class RowSampler:
         self.prototypes = condition_prototypes(load_prototypes(prototypes_prefix).weight).to(self.device)
         self.landmark_sets = check_landmark_sets(landmark_sets)
         self.steps, self.guidance, self.eta, self.image_format = steps, guidance, eta, image_format
+        self.output_size = int(output_size or self.model.config.image_size)
+        if self.output_size < self.model.config.image_size:
+            raise ConditionError(f"output_size {self.output_size} is smaller than the DiT's "
+                                 f"{self.model.config.image_size}px images")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from fr.images import encode_image
+        from fr.images import encode_image, resize_faces
 
         config = self.model.config
         lm = self.landmark_sets[np.asarray(batch["landmark_index"], dtype=np.int64)]
-        maps = condition_maps(torch.from_numpy(lm).to(self.device), config.image_size, config.landmark_channels)
-        protos = self.prototypes[torch.as_tensor(np.asarray(batch["proto_index"], dtype=np.int64), device=self.device)]
+        lm_model = torch.from_numpy(lm * np.float32(config.image_size / self.output_size)).to(self.device)
+        maps = condition_maps(lm_model, config.image_size, config.landmark_channels)
+        index = np.array(batch["proto_index"], dtype=np.int64)  # a copy: Ray's batch arrays are read-only
+        protos = self.prototypes[torch.from_numpy(index).to(self.device)]
         x = sample_seeded(self.model, protos, maps, batch["noise_seed"], self.steps, self.guidance, self.eta)
         images = np.empty(len(lm), dtype=object)
-        images[:] = [encode_image(rgb, self.image_format) for rgb in unit_to_images(x)]
+        images[:] = [encode_image(rgb, self.image_format) for rgb in resize_faces(unit_to_images(x), self.output_size)]
         passed = {k: np.asarray(batch[k]) for k in ("row", "label", "chunk") if k in batch}
         return {**passed, "image": images, "landmarks": lm.reshape(len(lm), 2 * NUM_LANDMARKS)}

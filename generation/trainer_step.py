@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fr.face_dataset import FaceShardDataset, decode_batch
+from fr.images import resize_faces
 from fr.prototypes import Prototypes
 from fr.shards import DatasetInfo
 from fr.training import NonFiniteGuard, clip_and_step
@@ -35,14 +36,21 @@ class DiTInputError(ValueError):
 class DiTShardDataset(FaceShardDataset):
     """Items ``(image [3, S, S] float in [-1, 1], label, landmarks [5, 2] float32)`` of face shards.
 
+    ``image_size`` is the shards' size, ``model_image_size`` (default: the same) the DiT's: a smaller
+    DiT (a CPU toy model) trains on area-downscaled faces with the landmarks scaled alike.
     No augmentation: a flip or crop would have to move the landmark condition with it.
     """
 
-    def __init__(self, directory, image_size: int = 112):
+    def __init__(self, directory, image_size: int = 112, model_image_size: int | None = None):
         super().__init__(directory, image_size=image_size, skip_corrupt=False)
+        self.model_image_size = int(model_image_size or image_size)
+        if not 1 <= self.model_image_size <= image_size:
+            raise DiTInputError(f"the DiT's image_size {self.model_image_size} must be between 1 and the "
+                                f"dataset's {image_size}px")
+        scale = self.model_image_size / image_size
         self.landmarks = np.concatenate([
             t.column("landmarks").combine_chunks().flatten().to_numpy().reshape(-1, NUM_LANDMARKS, 2)
-            for t in self.tables]).astype(np.float32)
+            for t in self.tables]).astype(np.float32) * np.float32(scale)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         rec = self.record(index)
@@ -50,6 +58,7 @@ class DiTShardDataset(FaceShardDataset):
         if skipped:
             raise DiTInputError(f"record {index} of {self.paths[0].parent} is not a decodable "
                                 f"{self.image_size}x{self.image_size} face")
+        arr = resize_faces(arr, self.model_image_size)
         return images_to_unit(arr)[0], int(labels[0]), torch.from_numpy(self.landmarks[index])
 
 
@@ -71,9 +80,9 @@ def check_dit_inputs(model: DiTConfig, prototypes: Prototypes, dataset: DatasetI
             i = bad[0]
             raise DiTInputError(f"prototype row {i} is identity {prototypes.identities[i]!r} but dataset label {i} "
                                 f"is {dataset.identities[i]!r} ({len(bad)} rows differ)")
-    if dataset.image_size != model.image_size:
-        raise DiTInputError(f"the dataset's images are {dataset.image_size}px, the DiT's image_size is "
-                            f"{model.image_size}")
+    if model.image_size > dataset.image_size:
+        raise DiTInputError(f"the dataset's images are {dataset.image_size}px, smaller than the DiT's image_size "
+                            f"{model.image_size} (a DiT may be smaller: faces are downscaled, never upscaled)")
     if num_workers < 1 or batch_size < 1 or batch_size % num_workers:
         raise DiTInputError(f"batch_size {batch_size} must be >= 1 and divide across {num_workers} worker(s)")
     if dataset.num_images < batch_size:

@@ -31,15 +31,34 @@ def _setting_parts(setting: str) -> list[str]:
     return parts
 
 
+def virtual_config(cfg: FacesynthConfig) -> FacesynthConfig:
+    """The ``generate`` config of the virtual-only set (b); equal to the pipeline's own ``generate`` when
+    ``compare.virtual_name`` / identities / images match it, so the pipeline's dataset is reused."""
+    c = cfg.compare
+    return with_overrides(cfg, ["generate.which=virtual", f"generate.dataset_name={c.virtual_name}",
+                                f"generate.num_identities={c.virtual_identities}",
+                                f"generate.images_per_identity={c.virtual_images_per_identity}",
+                                *c.generate_overrides])
+
+
+def realaug_config(cfg: FacesynthConfig) -> FacesynthConfig:
+    """The ``generate`` config of the real-ID augmentation (every real class topped up to ``augment_real_to``).
+
+    Real-ID augmentation shows real people: it is not claimed privacy-free, so no privacy gate here.
+    """
+    c = cfg.compare
+    return with_overrides(cfg, ["generate.which=real", "generate.num_identities=0",
+                                f"generate.augment_real_to={c.augment_real_to}",
+                                f"generate.dataset_name={c.realaug_name}", "generate.privacy_check=false",
+                                *c.generate_overrides])
+
+
 def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
     """The real, virtual and real-ID augmentation datasets; synthetic ones are generated if missing."""
     c = cfg.compare
     dirs = {"real": Path(c.real) if c.real else fr_dataset_dir(cfg)}
     if "virtual" in needed:
-        vcfg = with_overrides(cfg, ["generate.which=virtual", f"generate.dataset_name={c.virtual_name}",
-                                    f"generate.num_identities={c.virtual_identities}",
-                                    f"generate.images_per_identity={c.virtual_images_per_identity}",
-                                    *c.generate_overrides])
+        vcfg = virtual_config(cfg)
         dirs["virtual"] = Path(c.virtual) if c.virtual else generate_out_dir(vcfg)
         if not (dirs["virtual"] / MANIFEST).exists():
             if c.virtual:
@@ -48,11 +67,7 @@ def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
     if "realaug" in needed:
         if c.augment_real_to < 1:
             raise ValueError("compare.augment_real_to must be >= 1 for a real-ID augmentation setting")
-        # real-ID augmentation shows real people: it is not claimed privacy-free, so no privacy gate here
-        acfg = with_overrides(cfg, ["generate.which=real", "generate.num_identities=0",
-                                    f"generate.augment_real_to={c.augment_real_to}",
-                                    f"generate.dataset_name={c.realaug_name}", "generate.privacy_check=false",
-                                    *c.generate_overrides])
+        acfg = realaug_config(cfg)
         dirs["realaug"] = generate_out_dir(acfg)
         if not (dirs["realaug"] / MANIFEST).exists():
             run_generate(acfg)

@@ -143,6 +143,9 @@ class GenerateSection:
     dit: str = ""  # exported DiT directory; empty: <run.output_dir>/dit/<run.name>
     prototypes: str = ""  # empty: the train_dit prototypes
     landmarks_from: str = ""  # shard directory whose landmark sets condition pose; empty: the train_fr dataset
+    # stored image size; 0: the landmark source's (a shard directory's image size; a .npy: the DiT's).
+    # A DiT smaller than this (a CPU toy model) has its faces upscaled (bicubic) to it.
+    output_size: int = 0
     which: str = "virtual"  # virtual | real | both
     num_identities: int = 0  # per kind; 0 = all prototypes of that kind
     images_per_identity: int = 50

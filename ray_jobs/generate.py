@@ -59,17 +59,27 @@ def read_dit_config(dit_dir: Path) -> DiTConfig:
     return DiTConfig.from_dict(json.loads((dit_dir / CONFIG_FILE).read_text()))
 
 
-def load_condition_landmarks(cfg: FacesynthConfig, image_size: int) -> np.ndarray:
-    """Landmark sets [M, 5, 2] from ``generate.landmarks_from``: a shard directory (default: the
-    train_dit dataset) whose images must be ``image_size`` px, or a ``.npy`` array [M, 5, 2] / [M, 10]."""
-    source = Path(cfg.generate.landmarks_from) if cfg.generate.landmarks_from else dit_dataset_dir(cfg)
+def load_condition_landmarks(cfg: FacesynthConfig, dit_size: int) -> tuple[np.ndarray, int]:
+    """Landmark sets [M, 5, 2] in output pixels and the output image size.
+
+    ``generate.landmarks_from`` is a shard directory (default: the train_dit dataset), whose image size
+    is the output size, or a ``.npy`` array [M, 5, 2] / [M, 10] in ``generate.output_size`` pixels
+    (default: the DiT's size). The output is never smaller than the DiT's images.
+    """
+    g = cfg.generate
+    source = Path(g.landmarks_from) if g.landmarks_from else dit_dataset_dir(cfg)
     if source.suffix == ".npy":
-        return check_landmark_sets(np.load(source, allow_pickle=False), f"generate.landmarks_from {source}")
-    info = read_dataset_json(source)
-    if info.image_size != image_size:
-        raise ConditionError(f"generate.landmarks_from {source}: landmarks of {info.image_size}px images, "
-                             f"the DiT generates {image_size}px")
-    return load_landmark_sets(source)
+        landmarks = check_landmark_sets(np.load(source, allow_pickle=False), f"generate.landmarks_from {source}")
+        size = g.output_size or dit_size
+    else:
+        info = read_dataset_json(source)
+        if g.output_size and g.output_size != info.image_size:
+            raise ConditionError(f"generate.output_size {g.output_size} != {info.image_size}, the image size of the "
+                                 f"landmark source {source} (leave output_size at 0)")
+        landmarks, size = load_landmark_sets(source), info.image_size
+    if size < dit_size:
+        raise ConditionError(f"generate: output size {size}px is smaller than the DiT's {dit_size}px images")
+    return landmarks, size
 
 
 def validate_generate_section(g: GenerateSection) -> None:
@@ -108,9 +118,10 @@ def prepare_generation(cfg: FacesynthConfig) -> dict[str, Any]:
     if protos.embedding_size != model_cfg.cond_dim:
         raise ConditionError(f"prototype file {generate_prototypes_prefix(cfg)} has dimension {protos.embedding_size}, "
                              f"the DiT in {dit_dir} is conditioned on {model_cfg.cond_dim}")
-    landmarks = load_condition_landmarks(cfg, model_cfg.image_size)
+    landmarks, output_size = load_condition_landmarks(cfg, model_cfg.image_size)
     plan = build_plan(cfg, protos, len(landmarks))
-    return {"dit_dir": dit_dir, "model_config": model_cfg, "prototypes": protos, "landmarks": landmarks, "plan": plan}
+    return {"dit_dir": dit_dir, "model_config": model_cfg, "prototypes": protos, "landmarks": landmarks, "plan": plan,
+            "output_size": output_size}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,7 +183,7 @@ def generate_shards(cfg: FacesynthConfig, inputs: dict[str, Any], out_dir: Path,
         fn_constructor_kwargs={"dit_dir": str(inputs["dit_dir"].resolve()),
                                "prototypes_prefix": str(generate_prototypes_prefix(cfg).resolve()),
                                "landmark_sets": inputs["landmarks"], "steps": g.steps, "guidance": g.guidance,
-                               "eta": g.eta, "use_gpu": g.gpus_per_actor > 0},
+                               "eta": g.eta, "use_gpu": g.gpus_per_actor > 0, "output_size": inputs["output_size"]},
         compute=ray.data.ActorPoolStrategy(size=g.num_actors), batch_size=g.batch_size, batch_format="numpy",
         num_gpus=g.gpus_per_actor, num_cpus=g.cpus_per_actor)
     sizes = {c["chunk"]: c["stop"] - c["start"] for c in todo}
@@ -219,11 +230,12 @@ def run_generate(cfg: FacesynthConfig) -> DatasetInfo:
         provenance = {"source": "vigface_dit", "dit": str(inputs["dit_dir"].resolve()),
                       "dit_config": inputs["model_config"].to_dict(),
                       "prototypes": str(generate_prototypes_prefix(cfg).resolve()),
+                      "dit_image_size": inputs["model_config"].image_size,
                       "seed": cfg.run.seed, "steps": g.steps, "guidance": g.guidance, "eta": g.eta,
                       "config": to_dict(cfg)["generate"], "mlflow_run_id": tracker.run_id}
         extra = {"prototype_rows": plan.proto_index.tolist(), "num_real_prototypes": inputs["prototypes"].num_real,
                  "plan_fingerprint": plan.fingerprint(), "landmark_sets": len(inputs["landmarks"])}
-        info = build_dataset_info(out_dir, inputs["model_config"].image_size, provenance, extra=extra)
+        info = build_dataset_info(out_dir, inputs["output_size"], provenance, extra=extra)
         if info.num_images != plan.num_rows:
             raise RuntimeError(f"generate: {info.num_images} rows on disk, the plan has {plan.num_rows}")
         write_dataset_json(out_dir, info)

@@ -22,7 +22,7 @@ _JOB_TARGETS = {
     "evaluate": ("evaluate", "run_evaluate"),
     "compare": ("compare", "run_compare"),
 }
-PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "evaluate"]
+PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "compare", "evaluate"]
 
 
 def _lazy(module: str, function: str) -> Callable[[FacesynthConfig], None]:

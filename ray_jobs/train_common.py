@@ -12,6 +12,10 @@ import numpy as np
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ray_jobs.cluster import local_without_dashboard
+
+PG_CLEANER_CALLBACK = "PlacementGroupCleanerCallback"
+
 
 @dataclass
 class WorkerContext:
@@ -40,11 +44,26 @@ def worker_context(loop_config: dict[str, Any], section: str) -> WorkerContext:
     return WorkerContext(cfg, rank, world, device, logger)
 
 
+class LocalTorchTrainer(TorchTrainer):
+    """``TorchTrainer`` without Ray Train's placement-group cleaner, for a local Ray without dashboard.
+
+    The cleaner is a detached actor that asks the State API once a second whether the controller is
+    still alive; the State API is served by the dashboard, so without it every query fails, the
+    cleaner logs a warning each second for the whole run and can never act (a local Ray's placement
+    groups go with the driver anyway). Overriding the private ``_create_default_callbacks`` is the
+    only switch Ray offers; ``tests/test_train_common.py`` fails if a Ray upgrade moves it.
+    """
+
+    def _create_default_callbacks(self):
+        return [cb for cb in super()._create_default_callbacks() if type(cb).__name__ != PG_CLEANER_CALLBACK]
+
+
 def make_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], *, name: str, storage: Path,
-                       num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int,
-                       keep_checkpoints: int) -> TorchTrainer:
+                       num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int = 0,
+                       keep_checkpoints: int = 1) -> TorchTrainer:
     """A TorchTrainer whose run ``name`` under ``storage`` is the resume key (rerun = resume)."""
-    return TorchTrainer(
+    trainer_cls = LocalTorchTrainer if local_without_dashboard() else TorchTrainer
+    return trainer_cls(
         loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,

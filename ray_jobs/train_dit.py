@@ -114,7 +114,8 @@ def train_loop(loop_config: dict) -> None:
     t = cfg.train_dit
 
     model_cfg = DiTConfig.from_dict(loop_config["model_config"])
-    dataset = DiTShardDataset(loop_config["dataset_dir"], image_size=model_cfg.image_size)
+    dataset = DiTShardDataset(loop_config["dataset_dir"], image_size=loop_config["dataset_image_size"],
+                              model_image_size=model_cfg.image_size)
     order = GlobalBatchOrder(len(dataset), t.batch_size, world, rank, cfg.run.seed)
     protos = load_prototypes(loop_config["prototypes"])
     cond = condition_prototypes(protos.weight).to(device)
@@ -205,6 +206,7 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
                          "dit_params_m": sum(p.numel() for p in DiT(model_cfg).parameters()) / 1e6})
         loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": absolute_uri(tracking_uri(cfg)),
                        "dataset_dir": str(checked["data_dir"].resolve()), "model_config": model_cfg.to_dict(),
+                       "dataset_image_size": checked["info"].image_size,
                        "prototypes": str(dit_prototypes_prefix(cfg).resolve()),
                        "backbone": str(dit_backbone_prefix(cfg).resolve())}
         trainer = make_torch_trainer(train_loop, loop_config, name=f"{cfg.run.name}-train_dit", storage=storage,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fr.backbones import build_backbone
-from fr.images import decode_image
+from fr.images import decode_image, resize_faces
 from fr.prototypes import Prototypes
 from fr.shards import DatasetInfo, write_shard
 from fr.toyfaces import ToyFaceConfig, iter_toy_records
@@ -143,6 +143,28 @@ def test_row_sampler_rows_do_not_depend_on_batch(tmp_path):
     np.testing.assert_array_equal(whole["landmarks"], _landmarks(6)[rows["landmark_index"]].reshape(-1, 10))
 
 
+def test_row_sampler_upscales_a_smaller_dit_to_the_output_size(tmp_path):
+    from fr.prototypes import save_prototypes
+
+    save_dit(_dit(), tmp_path / "dit")
+    save_prototypes(tmp_path / "protos", torch.randn(5, 8), 3, 2)
+    plan = plan_generation(3, 2, "both", 0, 1, num_landmarks=6, seed=1)
+    rows = plan.rows(0, plan.num_rows)
+    lm_out = _landmarks(6) * 3  # landmark sets in 48 px output coordinates
+    big = RowSampler(str(tmp_path / "dit"), str(tmp_path / "protos"), lm_out, steps=2, guidance=1.0,
+                     image_format="png", output_size=3 * S)(rows)
+    small = RowSampler(str(tmp_path / "dit"), str(tmp_path / "protos"), _landmarks(6), steps=2, guidance=1.0,
+                       image_format="png")(rows)
+    faces = np.stack([decode_image(b) for b in big["image"]])
+    assert faces.shape == (5, 3 * S, 3 * S, 3)
+    # the same samples (condition maps from the scaled-down landmarks), bicubic-upscaled
+    expected = resize_faces(np.stack([decode_image(b) for b in small["image"]]), 3 * S)
+    assert np.abs(faces.astype(int) - expected.astype(int)).max() <= 2
+    np.testing.assert_allclose(big["landmarks"], lm_out[rows["landmark_index"]].reshape(-1, 10))
+    with pytest.raises(ConditionError, match="smaller than the DiT"):
+        RowSampler(str(tmp_path / "dit"), str(tmp_path / "protos"), lm_out, output_size=S // 2)
+
+
 # ------------------------------------------------------------------------------------------------
 # training step, checkpoint
 
@@ -215,6 +237,20 @@ def test_shard_dataset_gives_unit_images_and_landmarks(tmp_path):
     assert unit_to_images(image[None])[0].tolist() == decode_image(records[3]["image"]).tolist()
 
 
+def test_shard_dataset_downscales_faces_and_landmarks_for_a_smaller_dit(tmp_path):
+    toy = ToyFaceConfig(num_identities=2, image_size=32, min_images=2, max_images=2)
+    records = list(iter_toy_records(toy, [0, 1]))
+    write_shard(tmp_path / "part-00000.parquet", records)
+    ds = DiTShardDataset(tmp_path, image_size=32, model_image_size=16)
+    image, label, lm = ds[2]
+    assert image.shape == (3, 16, 16) and label == 1
+    small = resize_faces(decode_image(records[2]["image"])[None], 16)[0]
+    assert unit_to_images(image[None])[0].tolist() == small.tolist()
+    np.testing.assert_allclose(lm.numpy().reshape(-1), np.asarray(records[2]["landmarks"]) / 2, rtol=1e-6)
+    with pytest.raises(DiTInputError, match="between 1 and the dataset's 32px"):
+        DiTShardDataset(tmp_path, image_size=32, model_image_size=64)
+
+
 def test_input_checks():
     cfg = build_dit("tiny", image_size=32, cond_dim=8).config
     info = DatasetInfo(num_classes=3, num_images=12, image_size=32, identities=["a", "b", "c"])
@@ -224,7 +260,7 @@ def test_input_checks():
         (Prototypes(torch.randn(5, 6), 3, 2), info, 4, "dimension 6"),
         (Prototypes(torch.randn(5, 8), 4, 1), info, 4, "4 real prototypes but the dataset has 3"),
         (Prototypes(torch.randn(5, 8), 3, 2, ["a", "x", "c"]), info, 4, "row 1 is identity 'x'"),
-        (good, DatasetInfo(3, 12, 64, ["a", "b", "c"]), 4, "64px"),
+        (good, DatasetInfo(3, 12, 16, ["a", "b", "c"]), 4, "16px, smaller than the DiT's image_size 32"),
         (good, info, 3, "divide"),
         (good, info, 16, "fewer than one batch"),
     ]

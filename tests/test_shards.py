@@ -78,3 +78,19 @@ def test_check_labels_names_shard(tmp_path):
     check_labels(tmp_path, 3)
     with pytest.raises(ShardError, match="part-00001.parquet: label 2 outside the class range \\[0, 2\\)"):
         check_labels(tmp_path, 2)
+
+
+def test_resize_faces_down_up_and_identity():
+    from fr.images import resize_faces
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    assert resize_faces(faces, 32) is faces
+    down = resize_faces(faces, 16)
+    # area averaging: each output pixel is the mean of a 2x2 block
+    block = faces.reshape(3, 16, 2, 16, 2, 3).astype(np.float64).mean(axis=(2, 4))
+    assert down.shape == (3, 16, 16, 3) and np.abs(down - block).max() <= 0.5 + 1e-9
+    flat = np.full((1, 8, 8, 3), 77, np.uint8)
+    assert (resize_faces(flat, 24) == 77).all()  # bicubic keeps a constant image constant
+    with pytest.raises(ValueError, match="square"):
+        resize_faces(faces[:, :, :30], 16)

@@ -1,0 +1,35 @@
+"""The shared Ray Train wiring: the local trainer leaves out the State-API placement-group cleaner."""
+from __future__ import annotations
+
+import os
+
+from ray.train.torch import TorchTrainer
+
+from ray_jobs.cluster import LOCAL_TRAIN_ENV, local_without_dashboard
+from ray_jobs.train_common import PG_CLEANER_CALLBACK, LocalTorchTrainer, make_torch_trainer
+
+
+def _noop(config):
+    pass
+
+
+def test_ray_still_has_the_overridden_internals():
+    # a Ray upgrade that renames these would silently bring back the once-a-second warnings
+    from ray.train.v2._internal.callbacks import placement_group_callback
+
+    assert hasattr(placement_group_callback, PG_CLEANER_CALLBACK)
+    assert callable(getattr(TorchTrainer, "_create_default_callbacks", None))
+
+
+def test_local_trainer_drops_only_the_cleaner(ray_local, tmp_path):
+    assert local_without_dashboard()
+    for key in LOCAL_TRAIN_ENV:
+        assert key in os.environ
+    trainer = make_torch_trainer(_noop, {}, name="t", storage=tmp_path, num_workers=1, use_gpu=False,
+                                 cpus_per_worker=0.5)
+    assert isinstance(trainer, LocalTorchTrainer)
+    names = [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+    full = [type(cb).__name__ for cb in TorchTrainer._create_default_callbacks(trainer)]
+    assert PG_CLEANER_CALLBACK in full
+    assert PG_CLEANER_CALLBACK not in names
+    assert sorted(names + [PG_CLEANER_CALLBACK]) == sorted(full)
