@@ -13,6 +13,12 @@ and the ratio of the medians (ray / bare), also for the CPU time per step (bare 
 of the repeats, and the CPU that all other processes (Ray's daemons and actors among them) used
 while the steps ran. The Ray side runs the trainer ``train_fr`` uses (``make_torch_trainer``).
 
+OpenMP waiting: a local Ray started by ``init_ray`` gives its workers the settings of
+``ray_jobs.cluster.LOCAL_TRAIN_ENV``; ``--ray-omp default|passive|spincount=N`` replaces them for the
+Ray side. The bare side keeps what this process was started with (``OMP_WAIT_POLICY=PASSIVE python
+bench/...``). Both are recorded per run. ``--backbone iresnet_tiny --backbone-kwargs '{...}'`` measures
+a small CPU model such as the ``tiny`` preset's, where each op is short.
+
 Ray starts its worker processes at niceness 15 (``RAY_worker_niceness``); on a CPU shared with other
 work that alone lowers the worker's share. ``--ray-worker-niceness 0`` starts the local Ray with
 workers at the driver's priority.
@@ -20,16 +26,28 @@ workers at the driver's priority.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+OMP_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def openmp_settings() -> str:
+    """This process's OpenMP waiting settings, as libgomp read them when torch was loaded."""
+    return " ".join(f"{k}={os.environ[k]}" for k in OMP_KEYS if k in os.environ)
+
+
+# read before torch is imported: init_ray sets its values for the Ray workers it starts, not for the driver
+BARE_OPENMP = openmp_settings()
 
 import torch  # noqa: E402
 
@@ -47,6 +65,7 @@ class StepConfig:
     """Everything one measurement needs; sent as a dict to the Ray worker."""
 
     backbone: str = "iresnet50"
+    backbone_kwargs: dict = field(default_factory=dict)
     batch: int = 16
     num_classes: int = 10_000
     sample_rate: float = 1.0
@@ -61,7 +80,7 @@ class StepConfig:
 def build_training(cfg: StepConfig, device: torch.device):
     """Backbone, ArcFace ``PartialFCHead`` (world size 1), two SGD optimizers (as ``train_fr``), one fixed batch."""
     torch.manual_seed(cfg.seed)
-    net = build_backbone(cfg.backbone).to(device)
+    net = build_backbone(cfg.backbone, **cfg.backbone_kwargs).to(device)
     head = PartialFCHead(cfg.num_classes, 0, 512, build_margin("arcface"), sample_rate=cfg.sample_rate,
                          seed=cfg.seed).to(device)
     optimizers = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4) for m in (net, head)]
@@ -81,7 +100,7 @@ def train_step(net, head, optimizers, images, labels, grad_clip: float) -> torch
     return loss.detach()
 
 
-def measure(cfg: StepConfig, device: torch.device) -> dict[str, Any]:
+def measure(cfg: StepConfig, device: torch.device, openmp: str) -> dict[str, Any]:
     """Warm up, then time each step (synchronising a GPU); images/s from the median step time.
 
     Also records the process CPU time per step (all threads): under CPU contention the wall time
@@ -115,6 +134,7 @@ def measure(cfg: StepConfig, device: torch.device) -> dict[str, Any]:
         "final_loss": float(loss),
         "torch_threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+        "openmp": openmp,
         "pid": os.getpid(),
     }
 
@@ -125,14 +145,15 @@ def ray_worker_loop(config: dict) -> None:
     Ray Train v2 only keeps the metrics that come with a checkpoint in ``Result.metrics``, so a tiny
     checkpoint (the metrics as JSON) goes with them; it is written after the timed steps.
     """
-    import json
 
     import ray.train
     import ray.train.torch
 
     cfg = StepConfig(**config["step"])
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
-    metrics = measure(cfg, device)
+    # this worker's own environment, which its libgomp read at start (a global of this script would
+    # arrive pickled from the driver)
+    metrics = measure(cfg, device, openmp_settings())
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "metrics.json").write_text(json.dumps(metrics))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -152,6 +173,22 @@ def run_ray(cfg: StepConfig, use_gpu: bool, worker_cpus: int) -> dict[str, Any]:
     return dict(result.metrics)
 
 
+def apply_ray_omp(choice: str) -> None:
+    """Replace init_ray's OpenMP settings for the Ray workers (before Ray starts) by ``choice``."""
+    from ray_jobs.cluster import LOCAL_TRAIN_ENV
+
+    if choice == "shipped":
+        return
+    for key in OMP_KEYS:
+        LOCAL_TRAIN_ENV.pop(key, None)
+    if choice == "passive":
+        LOCAL_TRAIN_ENV["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif choice.startswith("spincount="):
+        LOCAL_TRAIN_ENV["GOMP_SPINCOUNT"] = str(int(choice.split("=", 1)[1]))
+    elif choice != "default":
+        raise ValueError(f"--ray-omp must be shipped, default, passive or spincount=N, got {choice!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=StepConfig.batch)
@@ -160,12 +197,18 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=StepConfig.num_classes)
     ap.add_argument("--sample-rate", type=float, default=StepConfig.sample_rate)
     ap.add_argument("--backbone", default=StepConfig.backbone)
+    ap.add_argument("--backbone-kwargs", type=json.loads, default={},
+                    help='JSON, e.g. the tiny preset\'s: \'{"base_width": 16, "layers": [1, 1, 1, 1], "input_size": 48, '
+                         '"auto_resize": true}\'')
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads on both sides")
     ap.add_argument("--worker-cpus", type=int, default=os.cpu_count() or 1, help="Ray worker CPU resource")
     ap.add_argument("--order", default="bare,ray,ray,bare,bare,ray,ray,bare", help="comma-separated sequence of bare/ray runs")
     ap.add_argument("--ray-worker-niceness", type=int, default=None,
                     help="RAY_worker_niceness for the local Ray started here (Ray's default: 15)")
+    ap.add_argument("--ray-omp", default="shipped",
+                    help="OpenMP waiting in the Ray workers: 'shipped' (what init_ray sets), 'default' (libgomp's "
+                         "spin-then-sleep), 'passive' or 'spincount=N' (GOMP_SPINCOUNT=N)")
     ap.add_argument("--out", default=str(REPO_ROOT / "bench/results/fr_train_throughput.json"))
     args = ap.parse_args()
     order = [s.strip() for s in args.order.split(",") if s.strip()]
@@ -175,7 +218,7 @@ def main() -> None:
         raise ValueError("--batch, --steps, --threads, --worker-cpus must be >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    cfg = StepConfig(backbone=args.backbone, batch=args.batch, num_classes=args.classes,
+    cfg = StepConfig(backbone=args.backbone, backbone_kwargs=args.backbone_kwargs, batch=args.batch, num_classes=args.classes,
                      sample_rate=args.sample_rate, warmup=args.warmup, steps=args.steps, threads=args.threads)
     machine = machine_info(args.device)
 
@@ -185,6 +228,7 @@ def main() -> None:
         from ray_jobs.cluster import init_ray
         from ray_jobs.config import RaySection
 
+        apply_ray_omp(args.ray_omp)
         if args.ray_worker_niceness is not None:  # read by the raylet when init_ray starts it
             os.environ["RAY_worker_niceness"] = str(args.ray_worker_niceness)
         init_ray(RaySection())
@@ -192,7 +236,7 @@ def main() -> None:
     for i, kind in enumerate(order):
         t0 = time.perf_counter()
         if kind == "bare":
-            res = measure(cfg, torch.device(args.device))
+            res = measure(cfg, torch.device(args.device), BARE_OPENMP)
         else:
             res = run_ray(cfg, args.device == "cuda", args.worker_cpus)
         res.update(run=i + 1, kind=kind, wall_s=time.perf_counter() - t0, loadavg_1m=os.getloadavg()[0])
@@ -222,9 +266,10 @@ def main() -> None:
         ("niceness", "nice", str),
         ("torch_threads", "torch threads", str),
         ("OMP_NUM_THREADS", "OMP_NUM_THREADS", lambda v: v or "(unset)"),
+        ("openmp", "OpenMP waiting", lambda v: v or "(default)"),
         ("loadavg_1m", "load 1m", "{:.2f}".format),
     ])
-    header = (f"{cfg.backbone} 112x112, batch {cfg.batch}, PartialFC ArcFace {cfg.num_classes} classes "
+    header = (f"{cfg.backbone} {cfg.backbone_kwargs or ''} 112x112, batch {cfg.batch}, PartialFC ArcFace {cfg.num_classes} classes "
               f"(sample_rate {cfg.sample_rate}), SGD; {cfg.warmup} warm-up + {cfg.steps} timed steps, "
               f"random tensors (no data loading); device {args.device}, {machine['cpu_model']}, "
               f"{machine['cpu_count']} CPUs")
@@ -238,7 +283,7 @@ def main() -> None:
         "machine": machine, "loadavg_end": [round(x, 2) for x in os.getloadavg()], "runs": runs,
         "median_images_per_s": medians, "ray_over_bare": ratio, "target": TARGET_RATIO,
         "median_step_cpu_s": cpu_medians, "cpu_bare_over_ray": cpu_ratio, "images_per_s_min_max": spread,
-        "ray_worker_niceness": args.ray_worker_niceness,
+        "ray_worker_niceness": args.ray_worker_niceness, "ray_omp": args.ray_omp,
         "notes": "images/s = batch / median step time; one fixed random batch, data loading excluded",
     })
     print(f"wrote {args.out}")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from generation.landmark_map import NUM_LANDMARKS, render_landmark_map
-from generation.sampler import MAX_GUIDANCE, alpha_bar, ddim_sigma, ddim_step, ddim_timesteps, guided_prediction
+from generation.sampler import sample, validate_sampling
 
 LANDMARK_SIGMA_112 = 3.0  # Gaussian std (pixels) of a landmark at 112x112; scaled with the image side
 WHICH = ("virtual", "real", "both")
@@ -242,45 +242,17 @@ def plan_generation(num_real: int, num_virtual: int, which: str, num_identities:
 # sampling with per-row noise
 
 
-def validate_sampling(steps: int, guidance: float, eta: float) -> None:
-    """ValueError unless ``steps`` is an int in [1, T], ``guidance`` in [0, MAX_GUIDANCE], ``eta`` in [0, 1]."""
-    ddim_timesteps(steps)  # validates the step count against the schedule
-    if not 0.0 <= guidance <= MAX_GUIDANCE:
-        raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE}], got {guidance}")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
-
-
-def _row_noise(generators: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """One standard-normal draw of ``shape`` per row generator (on the CPU, so any device gets the same noise)."""
-    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-
-
 @torch.no_grad()
 def sample_seeded(model: torch.nn.Module, prototypes: torch.Tensor, landmark_maps: torch.Tensor | None,
                   seeds: np.ndarray | list[int], steps: int = 50, guidance: float = 4.0, eta: float = 0.0
                   ) -> torch.Tensor:
-    """DDIM with classifier-free guidance (VIGFace eq. 7, via ``generation.sampler.guided_prediction``),
-    where row ``i``'s initial and step noise come from its own generator seeded with ``seeds[i]``.
-
-    ``generation.sampler.sample`` draws one noise tensor for the whole batch, so a row's image there
-    depends on the batch it is in; this loop makes each row a function of its seed alone.
-    """
-    cfg = getattr(model, "module", model).config
-    validate_sampling(steps, guidance, eta)
-    if prototypes.ndim != 2 or prototypes.shape[1] != cfg.cond_dim:
-        raise ValueError(f"prototypes must be [B, {cfg.cond_dim}] for this model, got {tuple(prototypes.shape)}")
+    """``generation.sampler.sample`` (DDIM + classifier-free guidance, VIGFace eq. 7) where row ``i``'s
+    initial and step noise come from a CPU generator seeded with ``seeds[i]``: each row is a function of
+    its seed alone, on any device and in any batch."""
     if len(seeds) != prototypes.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for {prototypes.shape[0]} prototypes")
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    x = _row_noise(generators, shape, prototypes.device)
-    for t, prev in ddim_timesteps(steps):
-        x0, eps = guided_prediction(model, x, t, prototypes, landmark_maps, guidance)
-        ab_prev = alpha_bar(prev)
-        sigma = ddim_sigma(alpha_bar(t), ab_prev, eta)
-        x = ddim_step(x0, eps, ab_prev, sigma, _row_noise(generators, shape, x.device) if sigma > 0 else None)
-    return x.clamp(-1.0, 1.0)
+    return sample(model, prototypes, landmark_maps, steps, guidance, generators, eta)
 
 
 class RowSampler:

@@ -79,7 +79,23 @@ def guided_prediction(
     return cfg_combine(x0_c, x0_u, guidance), cfg_combine(eps_c, eps_u, guidance)
 
 
-def _randn(shape: tuple, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def validate_sampling(steps: int, guidance: float, eta: float, scheduler: DDIMScheduler | None = None) -> None:
+    """ValueError unless ``steps`` is an int in [1, T], ``guidance`` in [0, MAX_GUIDANCE], ``eta`` in [0, 1]."""
+    ddim_timesteps(steps, scheduler)  # validates the step count against the schedule
+    if not 0.0 <= guidance <= MAX_GUIDANCE:
+        raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE}], got {guidance}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def _randn(shape: tuple, generator: Generators, device: torch.device) -> torch.Tensor:
+    """Standard-normal noise of ``shape``; with a list of generators, row ``i`` comes from ``generator[i]``
+    alone (drawn where that generator lives), so a row's noise does not depend on the batch it is in."""
+    if isinstance(generator, list):
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device).to(device) for g in generator])
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
@@ -91,23 +107,24 @@ def sample(
     landmark_maps: torch.Tensor | None,
     steps: int = 50,
     guidance: float = 4.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 0.0,
     scheduler: DDIMScheduler | None = None,
 ) -> torch.Tensor:
     """Generate images [B, C, S, S] in [-1, 1] for prototypes [B, D] and landmark maps [B or 1, L, S, S].
 
     Deterministic for a given ``generator`` state (x_T and, for eta > 0, the step noise come from it).
+    A list of B generators gives each row its own noise stream: row ``i``'s image is then a function
+    of ``generator[i]`` alone, whatever else is in the batch.
     """
     cfg = getattr(model, "module", model).config
-    if not 0.0 <= guidance <= MAX_GUIDANCE:
-        raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE}], got {guidance}")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    validate_sampling(steps, guidance, eta, scheduler)
     if prototypes.ndim != 2 or prototypes.shape[1] != cfg.cond_dim:
         raise ValueError(f"prototypes must be [B, {cfg.cond_dim}] for this model, got {tuple(prototypes.shape)}")
     pairs = ddim_timesteps(steps, scheduler)
     b, device = prototypes.shape[0], prototypes.device
+    if isinstance(generator, list) and len(generator) != b:
+        raise ValueError(f"{len(generator)} generators for {b} prototypes")
     if landmark_maps is not None and landmark_maps.shape[0] == 1 and b > 1:
         landmark_maps = landmark_maps.expand(b, *landmark_maps.shape[1:])
     x = _randn((b, cfg.in_channels, cfg.image_size, cfg.image_size), generator, device)

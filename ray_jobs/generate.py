@@ -23,8 +23,9 @@ from fr.prototypes import Prototypes, load_prototypes
 from fr.shards import (MANIFEST, DatasetInfo, build_dataset_info, read_dataset_json, shard_path, write_dataset_json,
                        write_shard)
 from generation.conditions import (ConditionError, GenerationPlan, RowSampler, check_landmark_sets, load_landmark_sets,
-                                   plan_generation, validate_sampling)
+                                   plan_generation)
 from generation.dit import CONFIG_FILE, WEIGHTS_FILE, DiTConfig
+from generation.sampler import validate_sampling
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, GenerateSection, to_dict
 from ray_jobs.prepare import sample_grid

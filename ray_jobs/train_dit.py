@@ -28,9 +28,10 @@ from fr.prototypes import load_prototypes
 from fr.shards import read_dataset_json
 from fr.training import GlobalBatchOrder, NonFiniteGuard
 from generation.checkpoint import STATE_FILE, export_ema, load_dit_checkpoint, save_dit_checkpoint, weights_sha1
-from generation.conditions import condition_prototypes, grid_conditions, validate_sampling
+from generation.conditions import condition_prototypes, grid_conditions
 from generation.dit import DiT, DiTConfig, dit_config
 from generation.ema import EMA
+from generation.sampler import validate_sampling
 from generation.trainer_step import (DiTInputError, DiTShardDataset, check_dit_inputs, check_fr_backbone,
                                      dit_train_step, frozen, grid_samples, step_generator)
 from ray_jobs.cluster import init_ray

@@ -122,6 +122,10 @@ def test_sample_seeded_matches_sampler_and_ignores_batching():
         sample_seeded(model, protos, maps, seeds, steps=4, guidance=50.0)
     with pytest.raises(ValueError, match="steps"):
         sample_seeded(model, protos, maps, seeds, steps=0)
+    with pytest.raises(ValueError, match="3 seeds for 4 prototypes"):
+        sample_seeded(model, protos, maps, seeds[:3], steps=4)
+    with pytest.raises(ValueError, match="2 generators for 4 prototypes"):
+        sample(model, protos, maps, steps=4, generator=[torch.Generator(), torch.Generator()])
 
 
 def test_row_sampler_rows_do_not_depend_on_batch(tmp_path):

@@ -33,3 +33,13 @@ def test_local_trainer_drops_only_the_cleaner(ray_local, tmp_path):
     assert PG_CLEANER_CALLBACK in full
     assert PG_CLEANER_CALLBACK not in names
     assert sorted(names + [PG_CLEANER_CALLBACK]) == sorted(full)
+
+
+def test_local_ray_workers_inherit_the_local_env(ray_local):
+    # the switches only work if the raylet's worker processes see them (as they would a user's
+    # OMP_WAIT_POLICY, which libgomp reads when torch loads there)
+    @ray_local.remote(num_cpus=0.1)
+    def worker_env():
+        return {key: os.environ.get(key) for key in LOCAL_TRAIN_ENV}
+
+    assert ray_local.get(worker_env.remote()) == {key: os.environ[key] for key in LOCAL_TRAIN_ENV}
