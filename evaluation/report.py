@@ -21,13 +21,24 @@ PROPERTIES = ("consistency", "separability", "diversity")
 # summaries
 
 
-def privacy_verdict(report: LeakageReport, max_leak_fraction: float, **context: Any) -> dict[str, Any]:
+def privacy_verdict(report: LeakageReport, max_leak_fraction: float, real_identities: Sequence[str] = (),
+                    **context: Any) -> dict[str, Any]:
     """The gate's decision and the figures behind it; ``context`` (evaluator, reference, ...) is copied in.
 
-    A dataset passes only when at most ``max_leak_fraction`` of its identities exceed the real level.
+    A dataset passes only when at most ``max_leak_fraction`` of its identities exceed the real level,
+    and none of its synthetic identities is one of the reference's real people (``real_identities``:
+    real-ID augmentation depicts them by design, so it is never privacy-free, whatever the leakage
+    figure says: a low one then only means the generator missed them).
     """
+    leak_ok = bool(report.passes(max_leak_fraction))
+    if real_identities:
+        reason = f"depicts {len(real_identities)} real identities of the reference (real-ID augmentation)"
+    else:
+        reason = "leakage within the real level" if leak_ok else "identity leakage above the real level"
     return {
-        "passed": bool(report.passes(max_leak_fraction)),
+        "passed": leak_ok and not real_identities,
+        "reason": reason,
+        "num_real_identities": len(real_identities),
         "leak_fraction": report.leak_fraction,
         "num_identities": int(report.identity_labels.size),
         "num_leaking_identities": int(report.leaking_identities.size),
@@ -86,6 +97,8 @@ def _verdict(privacy: Mapping[str, Any] | None, is_reference: bool) -> str:
         return "reference"
     if privacy is None:
         return "-"
+    if privacy.get("num_real_identities"):
+        return "FAIL (real ids)"
     return "pass" if privacy["passed"] else "FAIL"
 
 

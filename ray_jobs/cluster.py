@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 #
 # OpenMP waiting is left at libgomp's default (spin, then sleep). OMP_WAIT_POLICY=PASSIVE made an
 # IResNet-50 step on both cores of a 2-vCPU VM ~2% faster inside Ray Train (the spinning partner of a
-# descheduled thread wastes CPU that Ray's daemons need) but the tiny preset's small model ~8% slower
+# descheduled thread wastes CPU that Ray's daemons need) but the tiny preset's small model ~7% slower
 # (a futex wake-up per parallel region): docs/benchmarks.md. Whoever wants it exports it before
 # starting a job; a local Ray's workers inherit the driver's environment.
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}

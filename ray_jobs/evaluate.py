@@ -122,6 +122,12 @@ class EvaluatedSet:
         return self.rows.select(self.synthetic)
 
 
+def real_identities_in(ds: EvaluatedSet, ref: EvaluatedSet) -> list[str]:
+    """The reference's (real) identity names among ``ds``'s synthetic rows: real-ID augmentation."""
+    names = {ds.info.identities[int(label)] for label in np.unique(ds.rows.labels[ds.synthetic])}
+    return sorted(names & set(ref.info.identities))
+
+
 # ------------------------------------------------------------------------------------------------
 # embeddings on Ray Data
 
@@ -302,8 +308,8 @@ def run_privacy_check(cfg: FacesynthConfig, synthetic_dir: str | Path, tracker: 
                                                    "reference": (ref_dir, "evaluate.reference")})
     synth, ref = sets["synthetic"], sets["reference"]
     report = leakage_of(cfg, synth, ref)
-    verdict = privacy_verdict(report, cfg.evaluate.max_leak_fraction, evaluator=str(files.backbone),
-                              evaluator_key=files.key, reference=str(ref_dir),
+    verdict = privacy_verdict(report, cfg.evaluate.max_leak_fraction, real_identities_in(synth, ref),
+                              evaluator=str(files.backbone), evaluator_key=files.key, reference=str(ref_dir),
                               dataset_fingerprint=dataset_fingerprint(synthetic_dir))
     info = read_dataset_json(synthetic_dir)
     info.extra["privacy"] = json_safe(verdict)
@@ -526,8 +532,8 @@ def run_evaluate(cfg: FacesynthConfig) -> dict[str, Any]:
                 real_reference = real_nearest_negative(ref.rows.embeddings, ref.rows.labels, cfg.evaluate.leakage_mode,
                                                        **_knn_kwargs(cfg))
             leak[name] = leakage_of(cfg, ds, ref, real_reference)
-            privacy[name] = privacy_verdict(leak[name], cfg.evaluate.max_leak_fraction, evaluator=str(files.backbone),
-                                            reference=str(ref.path))
+            privacy[name] = privacy_verdict(leak[name], cfg.evaluate.max_leak_fraction, real_identities_in(ds, ref),
+                                            evaluator=str(files.backbone), reference=str(ref.path))
             privacy[name]["top_matches"] = [asdict(m) for m in leak[name].top_matches]
             figures.append(plot_leakage_pairs(leak[name], ds, ref, out / f"leakage_top_matches_{name}.png"))
         summaries = {name: dataset_summary(props[name], props[ref_name], len(ds.rows), ds.info.identities,

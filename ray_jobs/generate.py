@@ -256,7 +256,7 @@ def _privacy_check(cfg: FacesynthConfig, out_dir: Path, tracker: Tracker) -> dic
     from ray_jobs.evaluate import run_privacy_check
 
     verdict = run_privacy_check(cfg, out_dir, tracker)
-    status = "PASSED (privacy-free)" if verdict["passed"] else "FAILED (identity leakage: not privacy-free)"
+    status = "PASSED (privacy-free)" if verdict["passed"] else f"FAILED ({verdict['reason']}: not privacy-free)"
     log.log(logging.INFO if verdict["passed"] else logging.WARNING,
             "generate: privacy check %s: %.1f%% of synthetic identities above the real nearest-negative level %.3f "
             "(gate %.1f%%)", status, 100 * verdict["leak_fraction"], verdict["real_level"],

@@ -228,5 +228,23 @@ def test_summary_table_and_metrics():
     assert metrics["syn set/privacy/leak_fraction"] == 1.0 and metrics["ckpt/verify/lfw/accuracy"] == 0.9
     assert metrics["syn set/num_singleton_classes"] == 1.0
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_real_identities_are_never_privacy_free():
+    from evaluation.properties import compute_properties
+    from evaluation.report import dataset_summary, privacy_verdict
+
+    emb = np.array([[1, 0], [0.8, 0.6], [0, 1], [-0.6, 0.8]], np.float32)  # real level 0.8
+    labels = np.array([0, 1, 2, 3])
+    far = leakage_report(np.array([[0, -1]], np.float32), np.array([5]), emb, labels, "image")
+    assert far.passes(0.0)  # the leakage figure alone would pass it
+    clean = privacy_verdict(far, 0.0)
+    assert clean["passed"] is True and clean["num_real_identities"] == 0
+    realaug = privacy_verdict(far, 0.0, ["toy_train_000003"])
+    assert realaug["passed"] is False and realaug["num_real_identities"] == 1
+    assert realaug["leak_fraction"] == clean["leak_fraction"] and "real-ID augmentation" in realaug["reason"]
+    props = compute_properties(emb, labels, np.array([0.1, 0.3, 0.2, 0.5]))
+    table = format_summary_table({"aug": dataset_summary(props, props, 4, None, realaug)}, "real")
+    assert table.splitlines()[2].endswith("FAIL (real ids)")
     assert json.loads(json.dumps(json_safe({"a": float("nan"), "b": np.int64(3), "c": np.arange(2)}))) == \
         {"a": None, "b": 3, "c": [0, 1]}

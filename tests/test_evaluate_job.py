@@ -108,6 +108,8 @@ def test_privacy_check_records_the_verdict(data, tmp_path, mlflow_uri, ray_local
         passed = run_privacy_check(cfg, other, tracker)
     assert failed["passed"] is False and failed["leak_fraction"] == 1.0
     assert passed["passed"] is True and passed["leak_fraction"] <= 0.25
+    # the copy keeps the reference's identity names (as real-ID augmentation does); the other set has none
+    assert failed["num_real_identities"] == CLASSES and passed["num_real_identities"] == 0
     for path, verdict in ((copy, failed), (other, passed)):
         recorded = read_dataset_json(path).extra["privacy"]
         assert recorded["passed"] is verdict["passed"] and recorded["leak_fraction"] == verdict["leak_fraction"]
