@@ -16,11 +16,12 @@ log = logging.getLogger(__name__)
 # metrics callbacks (exported through the dashboard agent, which nobody scrapes locally). Each idle
 # Ray actor costs ~1% of a core (measured, docs/benchmarks.md): on 2 cores that is felt by training.
 #
-# OpenMP waiting is left at libgomp's default (spin, then sleep). OMP_WAIT_POLICY=PASSIVE made an
-# IResNet-50 step on both cores of a 2-vCPU VM ~2% faster inside Ray Train (the spinning partner of a
-# descheduled thread wastes CPU that Ray's daemons need) but the tiny preset's small model ~7% slower
-# (a futex wake-up per parallel region): docs/benchmarks.md. Whoever wants it exports it before
-# starting a job; a local Ray's workers inherit the driver's environment.
+# OpenMP waiting is left at libgomp's default (spin, then sleep). OMP_WAIT_POLICY=PASSIVE raised an
+# IResNet-50 step on both cores of a 2-vCPU VM from 0.947 to 0.968 of the bare process's throughput
+# inside Ray Train (the spinning partner of a descheduled thread wastes CPU that Ray's daemons need)
+# but made the tiny preset's small model ~7% slower (a futex wake-up per parallel region):
+# docs/benchmarks.md. Whoever wants it exports it before starting a job; a local Ray's workers
+# inherit the driver's environment.
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 _state = {"local_without_dashboard": False}
 
