@@ -145,7 +145,6 @@ def ray_worker_loop(config: dict) -> None:
     Ray Train v2 only keeps the metrics that come with a checkpoint in ``Result.metrics``, so a tiny
     checkpoint (the metrics as JSON) goes with them; it is written after the timed steps.
     """
-
     import ray.train
     import ray.train.torch
 

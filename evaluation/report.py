@@ -21,6 +21,12 @@ PROPERTIES = ("consistency", "separability", "diversity")
 # summaries
 
 
+def shared_identities(labels: np.ndarray, identities: Sequence[str], reference_identities: Sequence[str]) -> list[str]:
+    """Names of the classes in ``labels`` (indices into ``identities``) that are also reference identities."""
+    names = {identities[int(label)] for label in np.unique(labels)}
+    return sorted(names & set(reference_identities))
+
+
 def privacy_verdict(report: LeakageReport, max_leak_fraction: float, real_identities: Sequence[str] = (),
                     **context: Any) -> dict[str, Any]:
     """The gate's decision and the figures behind it; ``context`` (evaluator, reference, ...) is copied in.

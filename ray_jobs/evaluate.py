@@ -34,7 +34,7 @@ from evaluation.leakage import LeakageReport, leakage_report, real_nearest_negat
 from evaluation.plots import image_grid, plot_similarity_histogram
 from evaluation.properties import DatasetProperties, compute_properties, lowest_fraction
 from evaluation.report import (choose_prototypes, class_rows, dataset_summary, flat_metrics, format_summary_table,
-                               format_verification_table, json_safe, pair_cosines, privacy_verdict,
+                               format_verification_table, json_safe, pair_cosines, privacy_verdict, shared_identities,
                                prototype_rows, sample_pairs)
 from fr.shards import DatasetInfo, ShardError, list_shards, read_dataset_json, write_dataset_json
 from ray_jobs.cluster import init_ray
@@ -124,8 +124,7 @@ class EvaluatedSet:
 
 def real_identities_in(ds: EvaluatedSet, ref: EvaluatedSet) -> list[str]:
     """The reference's (real) identity names among ``ds``'s synthetic rows: real-ID augmentation."""
-    names = {ds.info.identities[int(label)] for label in np.unique(ds.rows.labels[ds.synthetic])}
-    return sorted(names & set(ref.info.identities))
+    return shared_identities(ds.rows.labels[ds.synthetic], ds.info.identities, ref.info.identities)
 
 
 # ------------------------------------------------------------------------------------------------

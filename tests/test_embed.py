@@ -232,8 +232,10 @@ def test_summary_table_and_metrics():
 
 def test_real_identities_are_never_privacy_free():
     from evaluation.properties import compute_properties
-    from evaluation.report import dataset_summary, privacy_verdict
+    from evaluation.report import dataset_summary, privacy_verdict, shared_identities
 
+    assert shared_identities(np.array([2, 0, 2]), ["a", "virtual_1", "c"], ["c", "a", "z"]) == ["a", "c"]
+    assert shared_identities(np.array([1]), ["a", "virtual_1"], ["a"]) == []
     emb = np.array([[1, 0], [0.8, 0.6], [0, 1], [-0.6, 0.8]], np.float32)  # real level 0.8
     labels = np.array([0, 1, 2, 3])
     far = leakage_report(np.array([[0, -1]], np.float32), np.array([5]), emb, labels, "image")
