@@ -116,8 +116,8 @@ def embedding_rows(num_images: int, actors: int, batch_size: int, threads: int) 
     from evaluation.embed import Embeddings, embed_shards, load_evaluator
     from evaluation.embedding_cache import evaluator_key
     from fr.backbones import build_backbone, save_backbone
-    from fr.shards import build_dataset_info, list_shards, write_dataset_json, write_shards
-    from fr.toyfaces import ToyFaceConfig, iter_toy_records
+    from fr.data.shards import build_dataset_info, list_shards, write_dataset_json, write_shards
+    from fr.data.toyfaces import ToyFaceConfig, iter_toy_records
     from ray_jobs.cluster import init_ray
     from ray_jobs.config import load_config
     from ray_jobs.evaluate import EvaluatorFiles, embed_shards_on_ray

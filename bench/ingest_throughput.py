@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fr.face_dataset import FaceShardDataset  # noqa: E402
-from fr.shards import write_shards  # noqa: E402
-from fr.toyfaces import ToyFaceConfig, iter_toy_records  # noqa: E402
+from fr.data.face_dataset import FaceShardDataset  # noqa: E402
+from fr.data.shards import write_shards  # noqa: E402
+from fr.data.toyfaces import ToyFaceConfig, iter_toy_records  # noqa: E402
 
 
 def main() -> None:

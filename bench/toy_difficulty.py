@@ -22,8 +22,8 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from evaluation.verification import best_threshold, pair_similarities, raw_pixel_embed_fn, images_to_tensor  # noqa: E402
-from fr.images import decode_image  # noqa: E402
-from fr.toyfaces import ToyFaceConfig, iter_toy_records, make_verification_pairs  # noqa: E402
+from fr.data.images import decode_image  # noqa: E402
+from fr.data.toyfaces import ToyFaceConfig, iter_toy_records, make_verification_pairs  # noqa: E402
 
 
 def to_tensor(images: list[np.ndarray], side: int) -> torch.Tensor:

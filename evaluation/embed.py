@@ -17,18 +17,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from evaluation.verification import images_to_tensor, l2_normalize
-from fr.backbones import BackboneMismatchError, load_backbone, load_state_dict_strict
-from fr.crfiqa import QualityHead
-from fr.images import decode_image
-from fr.shards import list_shards, read_table
-
-
-class EvaluatorMismatchError(ValueError):
-    """The evaluator FR model does not fit the data (input size, embedding size, quality head)."""
+from fr.face_embedder import EmbedderMismatchError as EvaluatorMismatchError  # noqa: F401  (re-exported)
+from fr.face_embedder import FaceEmbedder as Evaluator
+from fr.face_embedder import check_embedder_fits as check_evaluator_fits  # noqa: F401  (re-exported)
+from fr.face_embedder import load_face_embedder as load_evaluator  # noqa: F401  (re-exported)
+from fr.data.images import decode_image
+from fr.data.shards import list_shards, read_table
 
 
 @dataclass
@@ -67,80 +63,6 @@ class Embeddings:
             raise ValueError(f"cannot concatenate embeddings of dimensions {sorted(dims)}")
         fiqa = None if any(p.fiqa is None for p in parts) else np.concatenate([p.fiqa for p in parts])
         return Embeddings(np.concatenate([p.embeddings for p in parts]), np.concatenate([p.labels for p in parts]), fiqa)
-
-
-class Evaluator:
-    """A frozen FR backbone (eval mode) and optional quality head on one device."""
-
-    def __init__(self, backbone: nn.Module, quality: QualityHead | None = None, flip: bool = True,
-                 device: str | torch.device = "cpu", name: str = "evaluator"):
-        self.device = torch.device(device)
-        self.backbone = backbone.to(self.device).eval()
-        self.quality = None if quality is None else quality.to(self.device).eval()
-        self.flip = bool(flip)
-        self.name = name
-        if self.quality is not None and self.quality.embedding_size != self.embedding_size:
-            raise EvaluatorMismatchError(
-                f"{name}: quality head expects {self.quality.embedding_size}-d embeddings, "
-                f"the backbone gives {self.embedding_size}-d")
-
-    @property
-    def input_size(self) -> int:
-        return int(getattr(self.backbone, "input_size", 112))
-
-    @property
-    def auto_resize(self) -> bool:
-        return bool(getattr(self.backbone, "auto_resize", False))
-
-    @property
-    def embedding_size(self) -> int:
-        return int(self.backbone.embedding_size)
-
-    @torch.inference_mode()
-    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One batch of RGB uint8 faces [B, H, W, 3] -> (unit embeddings float32 [B, d], FIQA [B] or None)."""
-        x = images_to_tensor(images).to(self.device)
-        raw = self.backbone(x).float()
-        emb = raw + self.backbone(torch.flip(x, dims=[3])).float() if self.flip else raw
-        fiqa = None if self.quality is None else self.quality(raw).cpu().numpy().astype(np.float32)
-        return l2_normalize(emb.cpu().numpy()).astype(np.float32), fiqa
-
-
-def load_evaluator(backbone_prefix: str | Path, quality_path: str | Path | None = None, flip: bool = True,
-                   device: str | torch.device = "cpu") -> Evaluator:
-    """Load ``<prefix>.{safetensors,json}`` and, if given, a CR-FIQA ``QualityHead`` safetensors file."""
-    backbone = load_backbone(backbone_prefix, device="cpu")
-    if not hasattr(backbone, "embedding_size"):
-        raise EvaluatorMismatchError(f"{backbone_prefix}: backbone has no embedding_size attribute")
-    quality = None
-    if quality_path is not None:
-        if not Path(quality_path).is_file():
-            raise FileNotFoundError(f"quality head {quality_path} not found")
-        quality = QualityHead(int(backbone.embedding_size))
-        try:
-            load_state_dict_strict(quality, load_file(str(quality_path)), source=str(quality_path))
-        except BackboneMismatchError as exc:
-            raise EvaluatorMismatchError(
-                f"quality head {quality_path} does not fit the {backbone.embedding_size}-d evaluator "
-                f"{backbone_prefix}: {exc}") from exc
-    return Evaluator(backbone, quality, flip, device, name=str(backbone_prefix))
-
-
-def check_evaluator_fits(evaluator: Evaluator, image_size: int | None = None, embedding_size: int | None = None,
-                         where: str = "dataset") -> None:
-    """EvaluatorMismatchError unless ``image_size`` images and ``embedding_size`` (each if given) fit the evaluator.
-
-    Images fit when their side equals the backbone's input size, or the backbone resizes its input
-    (``auto_resize``).
-    """
-    if image_size is not None and image_size != evaluator.input_size and not evaluator.auto_resize:
-        raise EvaluatorMismatchError(
-            f"{where}: {image_size}x{image_size} images do not fit the evaluator {evaluator.name}, which takes "
-            f"{evaluator.input_size}x{evaluator.input_size} inputs (and does not resize them)")
-    if embedding_size is not None and embedding_size != evaluator.embedding_size:
-        raise EvaluatorMismatchError(
-            f"{where}: expects {embedding_size}-d embeddings, the evaluator {evaluator.name} gives "
-            f"{evaluator.embedding_size}-d")
 
 
 def embed_faces(evaluator: Evaluator, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from evaluation.embed import Embeddings
-from fr.shards import list_shards
+from fr.data.shards import list_shards
 
 log = logging.getLogger(__name__)
 

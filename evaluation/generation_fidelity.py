@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fr.images import to_model_input
+from fr.data.images import to_model_input
 
 KINDS = ("real", "virtual")
 
@@ -44,7 +44,7 @@ def embed_uint8(backbone: torch.nn.Module, images: np.ndarray, batch_size: int =
 def read_generated_shards(directory: str | Path, image_size: int = 112) -> tuple[np.ndarray, np.ndarray]:
     """Decoded faces uint8 [N, S, S, 3] and labels [N] of every shard of a generated dataset directory."""
     from evaluation.embed import read_shard_faces
-    from fr.shards import list_shards
+    from fr.data.shards import list_shards
 
     paths = list_shards(directory)
     if not paths:

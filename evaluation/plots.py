@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fr.images import encode_image
+from fr.data.images import encode_image
 
 PathLike = str | Path
 DPI = 100

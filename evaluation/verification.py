@@ -12,7 +12,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
-from fr.images import to_model_input
+from fr.face_embedder import images_to_tensor, l2_normalize  # noqa: F401  (re-exported)
 from sklearn.metrics import auc as sk_auc
 from sklearn.metrics import roc_curve
 from sklearn.model_selection import KFold
@@ -171,12 +171,6 @@ def tar_at_far(similarities: np.ndarray | Sequence[float], issame: np.ndarray | 
     return out
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (all-zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def pair_similarities(embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
     """Cosine similarity of rows (2i, 2i+1) of a [2N, d] embedding matrix -> [N] float64."""
     if isinstance(embeddings, torch.Tensor):
@@ -186,15 +180,6 @@ def pair_similarities(embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
         raise ValueError(f"embeddings must be [2N, d] with pairs (2i, 2i+1), got shape {emb.shape}")
     emb = l2_normalize(emb)
     return np.einsum("nd,nd->n", emb[0::2], emb[1::2])
-
-
-def images_to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """RGB uint8 images (list of (H, W, 3) or array [B, H, W, 3]) -> float32 [B, 3, H, W] in
-    (x - 127.5) / 128, the input normalisation of the insightface/arcface_torch backbones."""
-    arr = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"expected RGB uint8 images [B, H, W, 3] of equal size, got {arr.dtype} {arr.shape}")
-    return to_model_input(arr)
 
 
 def _as_float_batch(images: ImageBatch, start: int, stop: int) -> torch.Tensor:

@@ -14,10 +14,11 @@ from torch import nn
 
 from fr.backbones import build_backbone
 from fr.crfiqa import QualityHead
-from fr.partial_fc import PartialFCHead
+from fr.heads import ClassifierHead
 
 NET_FILE, HEAD_FILE, OPTIM_FILE, STATE_FILE = "net.safetensors", "head.safetensors", "optimizer.pt", "state.json"
-HEAD_MOMENTUM_KEY = "momentum"
+MOMENTUM_PREFIX = "momentum."  # head SGD momentum, one full tensor per head parameter
+LEGACY_MOMENTUM_KEY = "momentum"  # checkpoints before the head interface: the weight's momentum
 
 
 class FRNet(nn.Module):
@@ -52,18 +53,31 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def head_momentum(head: PartialFCHead, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """This rank's SGD momentum of the head weight (zeros before the first step)."""
-    buf = optimizer.state.get(head.weight, {}).get("momentum_buffer")
-    return buf if buf is not None else torch.zeros_like(head.weight)
+def head_momentum(head: ClassifierHead, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Collective: the full SGD momentum of every head parameter (zeros before the first step)."""
+    out = {}
+    for name, param in head.named_parameters():
+        buf = optimizer.state.get(param, {}).get("momentum_buffer")
+        out[MOMENTUM_PREFIX + name] = head.gather_param(name, buf if buf is not None else torch.zeros_like(param))
+    return out
 
 
-def save_fr_checkpoint(directory: str | Path, net: nn.Module, head: PartialFCHead,
+def load_head_momentum(head: ClassifierHead, optimizer: torch.optim.Optimizer, saved: dict[str, torch.Tensor]) -> None:
+    """Put this rank's part of each saved full momentum back into ``optimizer``."""
+    for name, param in head.named_parameters():
+        full = saved.get(MOMENTUM_PREFIX + name)
+        if full is None and name == "weight":
+            full = saved.get(LEGACY_MOMENTUM_KEY)
+        if full is not None:
+            optimizer.state[param]["momentum_buffer"] = head.local_param(name, full).to(param.device)
+
+
+def save_fr_checkpoint(directory: str | Path, net: nn.Module, head: ClassifierHead,
                        net_optimizer: torch.optim.Optimizer, head_optimizer: torch.optim.Optimizer,
                        state: dict[str, Any], write: bool) -> None:
     """Collective: every rank must call it (the head is gathered); only ``write=True`` ranks write files."""
     head_state = head.full_state_dict()
-    head_state[HEAD_MOMENTUM_KEY] = head.gather_rows(head_momentum(head, head_optimizer))
+    head_state.update(head_momentum(head, head_optimizer))
     if not write:
         return
     directory = Path(directory)
@@ -74,7 +88,7 @@ def save_fr_checkpoint(directory: str | Path, net: nn.Module, head: PartialFCHea
     (directory / STATE_FILE).write_text(json.dumps(state, indent=1))
 
 
-def load_fr_checkpoint(directory: str | Path, net: nn.Module, head: PartialFCHead,
+def load_fr_checkpoint(directory: str | Path, net: nn.Module, head: ClassifierHead,
                        net_optimizer: torch.optim.Optimizer | None, head_optimizer: torch.optim.Optimizer | None,
                        device: torch.device | str = "cpu") -> dict[str, Any]:
     """Restore what :func:`save_fr_checkpoint` wrote, at any world size. Returns the saved counters."""
@@ -84,10 +98,11 @@ def load_fr_checkpoint(directory: str | Path, net: nn.Module, head: PartialFCHea
             raise FileNotFoundError(f"checkpoint {directory} lacks {name}")
     _unwrap(net).load_state_dict(load_file(str(directory / NET_FILE), device=str(device)), strict=True)
     head_state = load_file(str(directory / HEAD_FILE))
-    momentum = head_state.pop(HEAD_MOMENTUM_KEY, None)
+    momentum = {k: head_state.pop(k) for k in list(head_state)
+                if k.startswith(MOMENTUM_PREFIX) or k == LEGACY_MOMENTUM_KEY}
     head.load_full_state_dict(head_state)
     if net_optimizer is not None and (directory / OPTIM_FILE).is_file():
         net_optimizer.load_state_dict(torch.load(directory / OPTIM_FILE, map_location=device, weights_only=True))
-    if head_optimizer is not None and momentum is not None:
-        head_optimizer.state[head.weight]["momentum_buffer"] = head.local_rows(momentum).to(head.weight.device)
+    if head_optimizer is not None:
+        load_head_momentum(head, head_optimizer, momentum)
     return json.loads((directory / STATE_FILE).read_text())

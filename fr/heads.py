@@ -5,7 +5,9 @@ weight initialisation, label validation, the CR-FIQA certainty scores and :class
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from fr.virtual_prototypes import SigmaEMA, sample_virtual_embeddings, virtual_batch_size
 
 INIT_STD = 0.01
+RNG_STATE_KEY = "virtual_rng_state"
 _INIT_BLOCK = 4096  # rows per independently seeded init block
 
 
@@ -21,17 +24,53 @@ _INIT_BLOCK = 4096  # rows per independently seeded init block
 class HeadOutput:
     """What a classifier head returns for one batch.
 
-    ``loss``: mean cross-entropy over the real and the virtual embeddings (VIGFace's aggregate loss).
+    ``loss``: the head's training loss (for the margin heads the mean cross-entropy over the real and
+    the virtual embeddings, VIGFace's aggregate loss).
     ``ccs`` / ``nnccs``: per real sample of this batch (this rank's rows for the sharded head), the
     cosine to its own class centre and the largest cosine to any other centre, taken before the
-    margin and detached (CR-FIQA's certainty ratio is ``ccs / (nnccs + 1 + eps)``).
+    margin and detached (CR-FIQA's certainty ratio is ``ccs / (nnccs + 1 + eps)``); ``None`` for a head
+    without class centres.
     ``num_virtual_samples``: virtual embeddings added this step (over all ranks).
+    ``metrics``: extra scalars to log (detached tensors or floats), e.g. per-token losses.
     """
 
     loss: Tensor
-    ccs: Tensor
-    nnccs: Tensor
-    num_virtual_samples: int
+    ccs: Tensor | None = None
+    nnccs: Tensor | None = None
+    num_virtual_samples: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class ClassifierHead(nn.Module):
+    """The interface of every FR classifier head; the FR train step and checkpoints use only this.
+
+    A head maps ``(embeddings [B, d], labels [B])`` to a :class:`HeadOutput`. Checkpoints are world-size
+    independent: :meth:`full_state_dict` returns the same full state on every rank (a collective for a
+    sharded head, so every rank calls it) and :meth:`load_full_state_dict` restores it at any world
+    size; :meth:`gather_param` / :meth:`local_param` do the same for optimizer state shaped like a
+    parameter. :meth:`export` writes what later stages read (e.g. the prototype matrix).
+    A new head is one subclass plus one line in :data:`fr.head_registry.HEADS`.
+    """
+
+    provides_centres: bool = True  # fills ccs/nnccs (CR-FIQA needs them)
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def load_full_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.load_state_dict(state, strict=True)
+
+    def gather_param(self, name: str, local: Tensor) -> Tensor:
+        """The full tensor of parameter ``name``'s shape from this rank's part (unsharded: itself)."""
+        return local.detach().clone()
+
+    def local_param(self, name: str, full: Tensor) -> Tensor:
+        """This rank's part of a full tensor shaped like parameter ``name``."""
+        return full.clone()
+
+    def export(self, out_dir: Path, identities: list[str], meta: dict[str, Any]) -> dict[str, Path]:
+        """Files later stages need from the trained head; none by default."""
+        return {}
 
 
 def init_prototype_rows(start: int, end: int, dim: int, seed: int, std: float = INIT_STD) -> Tensor:
@@ -87,7 +126,7 @@ def check_embeddings(embeddings: Tensor, embedding_size: int, where: str) -> Non
         raise ValueError(f"{where}: embeddings must be [B, {embedding_size}], got {tuple(embeddings.shape)}")
 
 
-class PrototypeHead(nn.Module):
+class PrototypeHead(ClassifierHead):
     """Common state of the margin heads: sizes, margin, VIGFace ``sigma`` EMA and the virtual-draw RNG.
 
     Subclasses own ``weight`` and implement :meth:`make_virtual`.
@@ -126,6 +165,39 @@ class PrototypeHead(nn.Module):
     def make_virtual(self, sigma: Tensor, count: int) -> tuple[Tensor, Tensor]:
         """``(virtual embeddings [count, d], their global class rows [count])`` (VIGFace eq. 3)."""
         raise NotImplementedError
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        """Full weight, the (replicated) buffers and the shared virtual RNG state; same on every rank."""
+        state = {"weight": self.gather_param("weight", self.weight)}
+        state.update({name: buf.detach().clone() for name, buf in self.named_buffers()})
+        state[RNG_STATE_KEY] = self.generator.get_state()
+        return state
+
+    def load_full_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore from :meth:`full_state_dict` saved at any world size."""
+        expected = {"weight", RNG_STATE_KEY, *(name for name, _ in self.named_buffers())}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"load_full_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        weight = state["weight"]
+        if tuple(weight.shape) != (self.num_classes, self.embedding_size):
+            raise ValueError(
+                f"load_full_state_dict: weight shape {tuple(weight.shape)} != "
+                f"({self.num_classes}, {self.embedding_size})"
+            )
+        with torch.no_grad():
+            self.weight.copy_(self.local_param("weight", weight))
+            for name, buf in self.named_buffers():
+                buf.copy_(state[name])
+        self.generator.set_state(state[RNG_STATE_KEY].cpu())
+
+    def export(self, out_dir: Path, identities: list[str], meta: dict[str, Any]) -> dict[str, Path]:
+        """The real + virtual prototype matrix (safetensors + JSON), the conditions of VIGFace stage 2."""
+        from fr.prototypes import save_prototypes
+
+        weight = self.full_state_dict()["weight"]
+        return {"prototypes": save_prototypes(Path(out_dir) / "prototypes", weight, self.num_real, self.num_virtual,
+                                              identities, meta, overwrite=True)}
 
     def append_virtual(self, feats: Tensor, labels: Tensor, norms: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
         """Add this step's virtual embeddings to the real ``feats``/``labels``/``norms`` (NaN norms).

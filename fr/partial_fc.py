@@ -37,7 +37,6 @@ from torch import Tensor, nn
 from fr.heads import HeadOutput, PrototypeHead, certainty_scores, init_prototype_rows
 from fr.virtual_prototypes import draw_virtual_sample, virtual_embeddings
 
-RNG_STATE_KEY = "virtual_rng_state"
 
 
 def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -265,6 +264,12 @@ class PartialFCHead(PrototypeHead):
 
     # ---- world-size-independent checkpoints -------------------------------------------------
 
+    def gather_param(self, name: str, local: Tensor) -> Tensor:
+        return self.gather_rows(local) if name == "weight" else local.detach().clone()
+
+    def local_param(self, name: str, full: Tensor) -> Tensor:
+        return self.local_rows(full) if name == "weight" else full.clone()
+
     def gather_rows(self, local: Tensor) -> Tensor:
         """The full ``[n + k, ...]`` tensor on every rank from each rank's ``[end - start, ...]`` slice."""
         if local.shape[0] != self.num_local:
@@ -284,31 +289,3 @@ class PartialFCHead(PrototypeHead):
         if full.ndim < 1 or full.shape[0] != self.num_classes:
             raise ValueError(f"local_rows: expected {self.num_classes} rows (n + k), got shape {tuple(full.shape)}")
         return full[self.start : self.end].clone()
-
-    def full_state_dict(self) -> dict[str, Tensor]:
-        """Full weight, the (replicated) buffers and the shared virtual RNG state; same on every rank.
-
-        Apart from ``virtual_rng_state`` the keys are those of :class:`fr.heads.FullMarginHead`'s state dict.
-        """
-        state = {"weight": self.gather_rows(self.weight)}
-        state.update({name: buf.detach().clone() for name, buf in self.named_buffers()})
-        state[RNG_STATE_KEY] = self.generator.get_state()
-        return state
-
-    def load_full_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore from :meth:`full_state_dict` saved at any world size."""
-        expected = {"weight", RNG_STATE_KEY, *(name for name, _ in self.named_buffers())}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"load_full_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        weight = state["weight"]
-        if tuple(weight.shape) != (self.num_classes, self.embedding_size):
-            raise ValueError(
-                f"load_full_state_dict: weight shape {tuple(weight.shape)} != "
-                f"({self.num_classes}, {self.embedding_size})"
-            )
-        with torch.no_grad():
-            self.weight.copy_(self.local_rows(weight))
-            for name, buf in self.named_buffers():
-                buf.copy_(state[name])
-        self.generator.set_state(state[RNG_STATE_KEY].cpu())

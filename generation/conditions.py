@@ -51,7 +51,7 @@ def check_landmark_sets(landmarks: np.ndarray, where: str = "landmarks") -> np.n
 
 def load_landmark_sets(directory: str | Path) -> np.ndarray:
     """All landmark sets of a shard directory as float32 [M, 5, 2], in shard order."""
-    from fr.shards import list_shards, read_table
+    from fr.data.shards import list_shards, read_table
 
     parts = [read_table(p, columns=["landmarks"]).column("landmarks").combine_chunks().flatten().to_numpy()
              for p in list_shards(directory)]
@@ -253,47 +253,3 @@ def sample_seeded(model: torch.nn.Module, prototypes: torch.Tensor, landmark_map
         raise ValueError(f"{len(seeds)} seeds for {prototypes.shape[0]} prototypes")
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     return sample(model, prototypes, landmark_maps, steps, guidance, generators, eta)
-
-
-class RowSampler:
-    """Loads an exported DiT and the prototypes once; turns work-list rows into encoded faces.
-
-    A plain callable class (what ``ray.data.Dataset.map_batches`` runs on an actor pool): each call
-    takes columns of :meth:`GenerationPlan.rows` (``proto_index``, ``landmark_index``, ``noise_seed``,
-    and passes through ``row``, ``label``, ``chunk``) and returns them with ``image`` (encoded bytes)
-    and ``landmarks`` ([B, 10], the condition used). Row images do not depend on the batching.
-    ``landmark_sets`` are in ``output_size`` pixels (default: the DiT's size); a smaller DiT draws its
-    condition maps from them scaled down and its faces are upscaled (bicubic) to ``output_size``.
-    """
-
-    def __init__(self, dit_dir: str, prototypes_prefix: str, landmark_sets: np.ndarray, steps: int = 50,
-                 guidance: float = 4.0, eta: float = 0.0, image_format: str = "jpg", use_gpu: bool = False,
-                 output_size: int | None = None):
-        from fr.prototypes import load_prototypes
-        from generation.dit import load_dit
-
-        validate_sampling(steps, guidance, eta)
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = load_dit(dit_dir, self.device).eval()
-        self.prototypes = condition_prototypes(load_prototypes(prototypes_prefix).weight).to(self.device)
-        self.landmark_sets = check_landmark_sets(landmark_sets)
-        self.steps, self.guidance, self.eta, self.image_format = steps, guidance, eta, image_format
-        self.output_size = int(output_size or self.model.config.image_size)
-        if self.output_size < self.model.config.image_size:
-            raise ConditionError(f"output_size {self.output_size} is smaller than the DiT's "
-                                 f"{self.model.config.image_size}px images")
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from fr.images import encode_image, resize_faces
-
-        config = self.model.config
-        lm = self.landmark_sets[np.asarray(batch["landmark_index"], dtype=np.int64)]
-        lm_model = torch.from_numpy(lm * np.float32(config.image_size / self.output_size)).to(self.device)
-        maps = condition_maps(lm_model, config.image_size, config.landmark_channels)
-        index = np.array(batch["proto_index"], dtype=np.int64)  # a copy: Ray's batch arrays are read-only
-        protos = self.prototypes[torch.from_numpy(index).to(self.device)]
-        x = sample_seeded(self.model, protos, maps, batch["noise_seed"], self.steps, self.guidance, self.eta)
-        images = np.empty(len(lm), dtype=object)
-        images[:] = [encode_image(rgb, self.image_format) for rgb in resize_faces(unit_to_images(x), self.output_size)]
-        passed = {k: np.asarray(batch[k]) for k in ("row", "label", "chunk") if k in batch}
-        return {**passed, "image": images, "landmarks": lm.reshape(len(lm), 2 * NUM_LANDMARKS)}

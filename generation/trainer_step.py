@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fr.face_dataset import FaceShardDataset, decode_batch
-from fr.images import resize_faces
+from fr.data.face_dataset import FaceShardDataset, decode_batch
+from fr.data.images import resize_faces
 from fr.prototypes import Prototypes
-from fr.shards import DatasetInfo
+from fr.data.shards import DatasetInfo
 from fr.training import NonFiniteGuard, clip_and_step
 from generation.conditions import condition_maps, images_to_unit, unit_to_images
 from generation.diffusion import sample_timesteps, training_losses

@@ -1,7 +1,7 @@
 """``compare``: VIGFace Tables 1-2 at any scale. Trains FR on (a) the real dataset, (b) the virtual-only
 synthetic dataset, (c) real + real-ID augmentation, (d) real + virtual + real-ID augmentation, and
 verifies all four on the same benchmarks. Missing synthetic datasets are generated first (both
-generation runs resume), mixes are merged by identity name (``fr.merge``), each FR run is an ordinary
+generation runs resume), mixes are merged by identity name (``fr.data.merge``), each FR run is an ordinary
 resumable ``train_fr`` run named ``<run.name>-cmp-<setting>``.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fr.merge import merge_datasets
-from fr.shards import MANIFEST, read_dataset_json
+from fr.data.merge import merge_datasets
+from fr.data.shards import MANIFEST, read_dataset_json
 from ray_jobs.config import FacesynthConfig, with_overrides
 from ray_jobs.generate import generate_out_dir, run_generate
 from ray_jobs.tracking import mlflow_run

@@ -15,6 +15,10 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ray_jobs.config_auggen import AugGenSection
+from ray_jobs.config_distill import DistillSection
+from ray_jobs.config_gif import GifSection
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid."""
@@ -105,6 +109,9 @@ class TrainFRSection:
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     max_failures: int = 2  # Ray Train worker-group restarts from the latest checkpoint
     fail_at_step: int = 0  # fault-injection for tests: a worker raises once at this step
+    head: str = "partial_fc"  # classifier head (fr.head_registry.HEADS): partial_fc | softmax | ...
+    head_kwargs: dict = field(default_factory=dict)  # options of that head
+    codes: str = ""  # identity-code directory for a head that needs one (GIF: build_codes output)
 
 
 @dataclass
@@ -135,7 +142,9 @@ class TrainDiTSection:
     sample_guidance: float = 4.0
     loader_workers: int = 0  # torch DataLoader processes per worker (JPEG decoding)
     sample_poses: int = 4
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     max_failures: int = 2
+    fail_at_step: int = 0  # fault-injection for tests: a worker raises once at this step
 
 
 @dataclass
@@ -214,6 +223,9 @@ class FacesynthConfig:
     generate: GenerateSection = field(default_factory=GenerateSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     compare: CompareSection = field(default_factory=CompareSection)
+    auggen: AugGenSection = field(default_factory=AugGenSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    gif: GifSection = field(default_factory=GifSection)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Ray Data reader for face shards (training ingestion). Decoding is fr.face_dataset.decode_batch."""
+"""Ray Data reader for face shards (training ingestion). Decoding is fr.data.face_dataset.decode_batch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import ray
 
-from fr.face_dataset import Augment, decode_batch
-from fr.images import to_model_input
-from fr.shards import list_shards
+from fr.data.face_dataset import Augment, decode_batch
+from fr.data.images import to_model_input
+from fr.data.shards import list_shards
 
 
 class _DecodeFaces:

@@ -36,7 +36,7 @@ from evaluation.properties import DatasetProperties, compute_properties, lowest_
 from evaluation.report import (choose_prototypes, class_rows, dataset_summary, flat_metrics, format_summary_table,
                                format_verification_table, json_safe, pair_cosines, privacy_verdict, shared_identities,
                                prototype_rows, sample_pairs)
-from fr.shards import DatasetInfo, ShardError, list_shards, read_dataset_json, write_dataset_json
+from fr.data.shards import DatasetInfo, ShardError, list_shards, read_dataset_json, write_dataset_json
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig
 from ray_jobs.tracking import Tracker, mlflow_run

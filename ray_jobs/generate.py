@@ -20,7 +20,7 @@ import numpy as np
 import ray
 
 from fr.prototypes import Prototypes, load_prototypes
-from fr.shards import (MANIFEST, DatasetInfo, build_dataset_info, read_dataset_json, shard_path, write_dataset_json,
+from fr.data.shards import (MANIFEST, DatasetInfo, build_dataset_info, read_dataset_json, shard_path, write_dataset_json,
                        write_shard)
 from generation.conditions import (ConditionError, GenerationPlan, RowSampler, check_landmark_sets, load_landmark_sets,
                                    plan_generation)

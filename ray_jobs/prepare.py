@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from fr.ingest import IngestStats
-from fr.shards import (MANIFEST, SHARD_GLOB, DatasetInfo, ShardError, build_dataset_info, read_dataset_json,
+from fr.data.ingest import IngestStats
+from fr.data.shards import (MANIFEST, SHARD_GLOB, DatasetInfo, ShardError, build_dataset_info, read_dataset_json,
                        shard_path, write_dataset_json, write_shard, write_shards)
-from fr.toyfaces import ToyFaceConfig, class_sizes, iter_toy_records, make_verification_pairs
+from fr.data.toyfaces import ToyFaceConfig, class_sizes, iter_toy_records, make_verification_pairs
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, to_dict
 from ray_jobs.tracking import Tracker, mlflow_run
@@ -55,7 +55,7 @@ def _toy_shard_task(toy: ToyFaceConfig, indices: list[int], path: str) -> int:
 
 @ray.remote
 def _toy_verify_task(toy: ToyFaceConfig, num_identities: int, num_pairs: int, seed: int, path: str) -> int:
-    from fr.binfile import write_bin
+    from fr.data.binfile import write_bin
 
     images, issame = make_verification_pairs(toy, num_identities, num_pairs, seed)
     write_bin(path, images, issame, overwrite=False)
@@ -65,7 +65,7 @@ def _toy_verify_task(toy: ToyFaceConfig, num_identities: int, num_pairs: int, se
 @ray.remote
 def _ingest_task(source: str, input_path: str, out_dir: str, rows_per_shard: int, image_size: int,
                  landmarks_file: str, image_format: str) -> dict:
-    from fr.ingest import records_from_image_folder, records_from_recordio
+    from fr.data.ingest import records_from_image_folder, records_from_recordio
 
     stats = IngestStats()
     if source == "folder":
@@ -124,8 +124,8 @@ def _prepare_toy(cfg: FacesynthConfig, train_dir: Path, verify_dir: Path, tracke
 def raw_pixel_floor(bin_path: Path) -> dict[str, float]:
     """Verification accuracy of raw-pixel cosine on a .bin: the floor a trained FR model must beat."""
     from evaluation.verification import evaluate_pairs, raw_pixel_embed_fn
-    from fr.binfile import load_bin
-    from fr.images import decode_image
+    from fr.data.binfile import load_bin
+    from fr.data.images import decode_image
 
     images, issame = load_bin(bin_path)
     result = evaluate_pairs(raw_pixel_embed_fn, [decode_image(b) for b in images], issame, flip=False)
@@ -136,8 +136,8 @@ def raw_pixel_floor(bin_path: Path) -> dict[str, float]:
 def sample_grid(train_dir: Path, out_png: Path, identities: int = 8, per_identity: int = 8) -> Path:
     """A grid of the first ``per_identity`` images of ``identities`` classes spread over the dataset."""
     from evaluation.plots import image_grid
-    from fr.images import decode_image
-    from fr.shards import list_shards, read_table
+    from fr.data.images import decode_image
+    from fr.data.shards import list_shards, read_table
 
     by_label: dict[int, list[np.ndarray]] = {}
     for path in list_shards(train_dir):

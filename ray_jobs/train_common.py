@@ -1,10 +1,18 @@
-"""Ray Train wiring shared by the training jobs: the TorchTrainer set-up, rank-0 MLflow logging from
-workers, and the tracking URI the workers can reach."""
+"""Ray Train wiring shared by the training jobs: the TorchTrainer set-up, the worker-loop skeleton
+(:func:`run_worker_loop`: resume, checkpoint cadence, non-finite stop, rank-0 logging, fault injection),
+rank-0 MLflow logging from workers, and the tracking URI the workers can reach.
+
+A trainer supplies only its step and its state (:class:`TrainerParts`); the skeleton owns the loop.
+"""
 from __future__ import annotations
 
+import json
+import logging
 import os
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +23,8 @@ from ray.train.torch import TorchTrainer
 from ray_jobs.cluster import local_without_dashboard
 
 PG_CLEANER_CALLBACK = "PlacementGroupCleanerCallback"
+STOPPED_FILE = "stopped_nonfinite.json"  # written into the export dir when a run stops on non-finite losses
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,3 +115,167 @@ def absolute_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         return prefix + os.path.abspath(uri[len(prefix):])
     return uri
+
+
+# ------------------------------------------------------------------------------------------------
+# the worker-loop skeleton
+
+
+@dataclass
+class TrainerParts:
+    """What one trainer supplies to :func:`run_worker_loop`; everything else is the skeleton's.
+
+    ``epoch_batches(epoch, start)``: this rank's batches of ``epoch`` from its batch ``start`` on.
+    ``step(step, batch)``: one optimisation step; returns metrics (tensors are turned into floats only
+    at log steps) and raises ``fr.training.NonFiniteLossError`` to stop the run.
+    ``batch_images(batch)``: images in this rank's batch. ``nonfinite_total()``: the step's guard count.
+    ``save(dir, state, write)``: called on every rank (it may gather); only ``write`` ranks write files.
+    ``load(dir)``: restore on every rank, return the saved state (raise on a mismatch).
+    ``state_fields(step)``: extra fields saved in the state. ``on_resume(state)``: extra fields of the
+    resume record (every rank, may be collective). ``periodic(step, last)``: rank 0 only, e.g. the
+    verification or a sample grid; returns metrics to log (its time is not counted in images/s).
+    """
+
+    total_steps: int
+    steps_per_epoch: int
+    epoch_batches: Callable[[int, int], Iterable[Any]]
+    step: Callable[[int, Any], dict[str, Any]]
+    batch_images: Callable[[Any], int]
+    save: Callable[[Path, dict, bool], None]
+    load: Callable[[Path], dict]
+    nonfinite_total: Callable[[], int]
+    state_fields: Callable[[int], dict] = field(default=lambda step: {})
+    on_resume: Callable[[dict], dict] | None = None
+    periodic: Callable[[int, bool], dict | None] | None = None
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None}
+
+
+def resume_state(wc: "WorkerContext", parts: TrainerParts) -> dict[str, Any]:
+    """The state of the latest checkpoint of this run (restored into the trainer), or a fresh one."""
+    import ray.train
+
+    state: dict[str, Any] = {"step": 0, "nonfinite_total": 0, "images_seen": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return state
+    with checkpoint.as_directory() as d:
+        state = parts.load(Path(d))
+    record = {"step": state["step"], "saved_world_size": state.get("world_size"), "world_size": wc.world}
+    if parts.on_resume is not None:
+        record.update(parts.on_resume(state))
+    state.setdefault("resumes", []).append(record)
+    log.info("rank %d: resumed from step %d (saved on %s workers, now %d)", wc.rank, state["step"],
+             state.get("world_size"), wc.world)
+    return state
+
+
+def _inject_fault(section: Any, step: int, rank: int, export_dir: Path, job: str) -> None:
+    """Fault injection for tests: rank 0 raises once at ``<section>.fail_at_step`` (a marker file remembers)."""
+    at = getattr(section, "fail_at_step", 0)
+    if at and step == at and rank == 0:
+        marker = export_dir / f".failed_once_{step}"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            raise RuntimeError(f"fault injection: worker fails at step {step} ({job}.fail_at_step)")
+
+
+def run_worker_loop(wc: "WorkerContext", parts: TrainerParts, section: Any, export_dir: str | Path,
+                    job: str) -> dict[str, Any]:
+    """Run ``parts`` inside a Ray Train worker until ``total_steps``; returns the final state.
+
+    ``section``: the trainer's config section (``log_every``, ``checkpoint_every``, ``fail_at_step``).
+    The run resumes from the latest checkpoint, checkpoints every ``checkpoint_every`` steps and at the
+    end (every rank calls ``ray.train.report``, rank 0 with the checkpoint), logs on rank 0, and on a
+    ``NonFiniteLossError`` writes :data:`STOPPED_FILE` into ``export_dir`` and stops cleanly (the driver
+    raises with :func:`raise_if_stopped`; Ray does not retry it).
+    """
+    import ray.train
+
+    from fr.training import NonFiniteLossError
+
+    export_dir = Path(export_dir)
+    rank, world = wc.rank, wc.world
+    state = resume_state(wc, parts)
+    step = state["step"]
+    t_log, n_log = time.perf_counter(), 0
+    metrics: dict[str, float] = {}
+
+    def save(final: bool) -> None:
+        state.update(step=step, nonfinite_total=parts.nonfinite_total(), world_size=world, **parts.state_fields(step))
+        with tempfile.TemporaryDirectory() as tmp:
+            parts.save(Path(tmp), dict(state), rank == 0)
+            report = dict(metrics, step=step, final=float(final))
+            if rank == 0:
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(report)
+
+    while step < parts.total_steps:
+        epoch, start = divmod(step, parts.steps_per_epoch)
+        for batch in parts.epoch_batches(epoch, start):
+            _inject_fault(section, step, rank, export_dir, job)
+            try:
+                out = parts.step(step, batch)
+            except NonFiniteLossError as exc:  # every rank agrees (the step all-reduces finiteness)
+                log.error("rank %d: %s", rank, exc)
+                if rank == 0:
+                    export_dir.mkdir(parents=True, exist_ok=True)
+                    (export_dir / STOPPED_FILE).write_text(json.dumps(
+                        {"step": step, "nonfinite_total": parts.nonfinite_total(), "message": str(exc)}))
+                ray.train.report(dict(metrics, step=step, stopped_nonfinite=1.0))
+                return state
+            step += 1
+            images = parts.batch_images(batch) * world
+            n_log += images
+            state["images_seen"] = state.get("images_seen", 0) + images
+            last = step == parts.total_steps
+            if step % section.log_every == 0 or last:
+                elapsed = time.perf_counter() - t_log
+                metrics = {**_floats(out), "images_per_s": n_log / max(elapsed, 1e-9),
+                           "epoch": step / parts.steps_per_epoch, "nonfinite_total": parts.nonfinite_total()}
+                t_log, n_log = time.perf_counter(), 0
+                if rank == 0:
+                    log.info("step %d/%d %s", step, parts.total_steps,
+                             " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                    wc.logger.metrics(metrics, step)
+            t_pause = time.perf_counter()
+            if rank == 0 and parts.periodic is not None:
+                extra = parts.periodic(step, last)
+                if extra:
+                    metrics.update(extra)
+                    wc.logger.metrics(extra, step)
+            if step % section.checkpoint_every == 0 or last:
+                save(final=last)
+            t_log += time.perf_counter() - t_pause  # images/s counts training (data + step) time only
+            if last:
+                break
+    return state
+
+
+# ------------------------------------------------------------------------------------------------
+# driver side
+
+
+def clear_stopped(export_dir: Path) -> None:
+    """Remove the marker of an earlier stopped attempt (before a new fit)."""
+    (Path(export_dir) / STOPPED_FILE).unlink(missing_ok=True)
+
+
+def raise_if_stopped(export_dir: Path, result: Any, job: str, max_nonfinite: int, tracker: Any = None) -> None:
+    """After ``fit()``: ``NonFiniteLossError`` naming the step and the last good checkpoint if the run stopped."""
+    from fr.training import NonFiniteLossError
+
+    stopped = Path(export_dir) / STOPPED_FILE
+    if not stopped.exists():
+        return
+    info = json.loads(stopped.read_text())
+    last = result.checkpoint.path if result.checkpoint is not None else "none"
+    if tracker is not None:
+        tracker.tags({"stopped": "non-finite loss"})
+    raise NonFiniteLossError(
+        f"{job} stopped at step {info['step']}: {max_nonfinite} non-finite losses in a row "
+        f"({info['nonfinite_total']} in all). Last good checkpoint: {last}. Lower {job}.lr or check the data.")

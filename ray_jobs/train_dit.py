@@ -25,7 +25,7 @@ import torch
 
 from fr.backbones import load_backbone
 from fr.prototypes import load_prototypes
-from fr.shards import read_dataset_json
+from fr.data.shards import read_dataset_json
 from fr.training import GlobalBatchOrder, NonFiniteGuard
 from generation.checkpoint import STATE_FILE, export_ema, load_dit_checkpoint, save_dit_checkpoint, weights_sha1
 from generation.conditions import condition_prototypes, grid_conditions

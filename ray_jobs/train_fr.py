@@ -26,11 +26,11 @@ import torch.distributed as dist
 
 from fr.augment import AugmentConfig, FaceAugment
 from fr.crfiqa import certainty_ratio, quality_loss
-from fr.face_dataset import FaceShardDataset
+from fr.data.face_dataset import FaceShardDataset
 from fr.fr_model import build_fr_net, load_fr_checkpoint, save_fr_checkpoint
 from fr.margins import build_margin
 from fr.partial_fc import PartialFCHead
-from fr.shards import check_labels, read_dataset_json
+from fr.data.shards import check_labels, read_dataset_json
 from fr.training import GlobalBatchOrder, LRSchedule, NonFiniteGuard, NonFiniteLossError, clip_and_step, set_lr
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, TrainFRSection, to_dict
@@ -83,8 +83,8 @@ def validate_fr_config(t: TrainFRSection, num_images: int) -> None:
 
 
 def verification_sets(paths: list[str]) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
-    from fr.binfile import load_bin
-    from fr.images import decode_image
+    from fr.data.binfile import load_bin
+    from fr.data.images import decode_image
 
     out = {}
     for p in paths:

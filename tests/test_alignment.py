@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fr.alignment import (
+from fr.data.alignment import (
     ARCFACE_TEMPLATE,
     DegenerateLandmarksError,
     align_face,

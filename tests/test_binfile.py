@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from fr.binfile import BinFileError, UnsafePickleError, load_bin, write_bin
+from fr.data.binfile import BinFileError, UnsafePickleError, load_bin, write_bin
 
 
 def random_images(n: int, seed: int = 0) -> list[bytes]:

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fr.shards import build_dataset_info, read_dataset_json, write_dataset_json, write_shards
-from fr.toyfaces import ToyFaceConfig, iter_toy_records
+from fr.data.shards import build_dataset_info, read_dataset_json, write_dataset_json, write_shards
+from fr.data.toyfaces import ToyFaceConfig, iter_toy_records
 from ray_jobs.compare import _setting_parts, format_compare_table, realaug_config, run_compare, virtual_config
 from ray_jobs.config import load_config
 from ray_jobs.generate import generate_out_dir

@@ -5,14 +5,15 @@ import pytest
 import torch
 
 from fr.backbones import build_backbone
-from fr.images import decode_image, resize_faces
+from fr.data.images import decode_image, resize_faces
 from fr.prototypes import Prototypes
-from fr.shards import DatasetInfo, write_shard
-from fr.toyfaces import ToyFaceConfig, iter_toy_records
+from fr.data.shards import DatasetInfo, write_shard
+from fr.data.toyfaces import ToyFaceConfig, iter_toy_records
 from fr.training import NonFiniteGuard
 from generation.checkpoint import (CheckpointMismatchError, export_ema, load_dit_checkpoint, save_dit_checkpoint,
                                    weights_sha1)
-from generation.conditions import (ConditionError, RowSampler, check_landmark_sets, condition_maps, grid_conditions,
+from generation.row_sampler import RowSampler
+from generation.conditions import (ConditionError, check_landmark_sets, condition_maps, grid_conditions,
                                    plan_generation, pose_spread, sample_seeded, unit_to_images)
 from generation.dit import build_dit, load_dit, save_dit
 from generation.ema import EMA
@@ -135,7 +136,7 @@ def test_row_sampler_rows_do_not_depend_on_batch(tmp_path):
     save_prototypes(tmp_path / "protos", torch.randn(5, 8), 3, 2)
     plan = plan_generation(3, 2, "both", 0, 2, num_landmarks=6, seed=1)
     rows = plan.rows(0, plan.num_rows)
-    sampler = RowSampler(str(tmp_path / "dit"), str(tmp_path / "protos"), _landmarks(6), steps=3, guidance=3.0)
+    sampler = RowSampler(str(tmp_path / "dit"), prototypes_prefix=str(tmp_path / "protos"), landmark_sets=_landmarks(6), steps=3, guidance=3.0)
     whole = sampler(rows)
     parts = [sampler({k: v[i:i + 3] for k, v in rows.items()}) for i in range(0, plan.num_rows, 3)]
     assert whole["row"].tolist() == rows["row"].tolist()
@@ -155,9 +156,9 @@ def test_row_sampler_upscales_a_smaller_dit_to_the_output_size(tmp_path):
     plan = plan_generation(3, 2, "both", 0, 1, num_landmarks=6, seed=1)
     rows = plan.rows(0, plan.num_rows)
     lm_out = _landmarks(6) * 3  # landmark sets in 48 px output coordinates
-    big = RowSampler(str(tmp_path / "dit"), str(tmp_path / "protos"), lm_out, steps=2, guidance=1.0,
+    big = RowSampler(str(tmp_path / "dit"), prototypes_prefix=str(tmp_path / "protos"), landmark_sets=lm_out, steps=2, guidance=1.0,
                      image_format="png", output_size=3 * S)(rows)
-    small = RowSampler(str(tmp_path / "dit"), str(tmp_path / "protos"), _landmarks(6), steps=2, guidance=1.0,
+    small = RowSampler(str(tmp_path / "dit"), prototypes_prefix=str(tmp_path / "protos"), landmark_sets=_landmarks(6), steps=2, guidance=1.0,
                        image_format="png")(rows)
     faces = np.stack([decode_image(b) for b in big["image"]])
     assert faces.shape == (5, 3 * S, 3 * S, 3)
@@ -165,8 +166,8 @@ def test_row_sampler_upscales_a_smaller_dit_to_the_output_size(tmp_path):
     expected = resize_faces(np.stack([decode_image(b) for b in small["image"]]), 3 * S)
     assert np.abs(faces.astype(int) - expected.astype(int)).max() <= 2
     np.testing.assert_allclose(big["landmarks"], lm_out[rows["landmark_index"]].reshape(-1, 10))
-    with pytest.raises(ConditionError, match="smaller than the DiT"):
-        RowSampler(str(tmp_path / "dit"), str(tmp_path / "protos"), lm_out, output_size=S // 2)
+    with pytest.raises(ConditionError, match="smaller than the generator"):
+        RowSampler(str(tmp_path / "dit"), prototypes_prefix=str(tmp_path / "protos"), landmark_sets=lm_out, output_size=S // 2)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from evaluation.report import (choose_prototypes, flat_metrics, format_summary_t
                                sample_pairs)
 from fr.backbones import build_backbone, save_backbone
 from fr.crfiqa import QualityHead
-from fr.images import decode_image, encode_image
-from fr.shards import build_dataset_info, list_shards, write_dataset_json, write_shards
-from fr.toyfaces import ToyFaceConfig, iter_toy_records
+from fr.data.images import decode_image, encode_image
+from fr.data.shards import build_dataset_info, list_shards, write_dataset_json, write_shards
+from fr.data.toyfaces import ToyFaceConfig, iter_toy_records
 
 EMB = 16
 
@@ -100,7 +100,7 @@ def test_evaluator_mismatch_errors(tmp_path):
         check_evaluator_fits(resizing, 112, embedding_size=512)
     wrong = QualityHead(EMB + 1)
     save_file({k: v.contiguous() for k, v in wrong.state_dict().items()}, str(tmp_path / "q.safetensors"))
-    with pytest.raises(EvaluatorMismatchError, match="does not fit the 16-d evaluator"):
+    with pytest.raises(EvaluatorMismatchError, match="does not fit the 16-d embedder"):
         load_evaluator(tmp_path / "b" / "backbone", tmp_path / "q.safetensors")
 
 

@@ -9,10 +9,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from evaluation.embed import EvaluatorMismatchError
-from fr.binfile import write_bin
+from fr.data.binfile import write_bin
 from fr.prototypes import save_prototypes
-from fr.shards import ShardError, read_dataset_json, write_dataset_json
-from fr.toyfaces import ToyFaceConfig, make_verification_pairs
+from fr.data.shards import ShardError, read_dataset_json, write_dataset_json
+from fr.data.toyfaces import ToyFaceConfig, make_verification_pairs
 from ray_jobs.config import load_config
 from ray_jobs.evaluate import run_evaluate, run_privacy_check
 from ray_jobs.tracking import mlflow_run

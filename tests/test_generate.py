@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import ray_jobs.generate as generate_job
-from fr.images import decode_image
+from fr.data.images import decode_image
 from fr.prototypes import save_prototypes
-from fr.shards import list_shards, read_dataset_json, read_table
+from fr.data.shards import list_shards, read_dataset_json, read_table
 from generation.conditions import ConditionError
 from generation.dit import build_dit, save_dit
 from ray_jobs.config import load_config

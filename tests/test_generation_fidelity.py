@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.generation_fidelity import FidelityInputError, embed_uint8, prototype_fidelity
-from fr.images import to_model_input
+from fr.data.images import to_model_input
 
 
 def unit_rows(n, d, seed):

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fr.alignment import ARCFACE_TEMPLATE
-from fr.images import decode_image, encode_image
-from fr.ingest import (
+from fr.data.alignment import ARCFACE_TEMPLATE
+from fr.data.images import decode_image, encode_image
+from fr.data.ingest import (
     IngestStats,
     list_image_folder,
     list_recordio_keys,
@@ -18,7 +18,7 @@ from fr.ingest import (
     records_from_image_folder,
     records_from_recordio,
 )
-from fr.recordio import RecordIORecord, write_recordio
+from fr.data.recordio import RecordIORecord, write_recordio
 
 
 def noise(h: int, w: int, seed: int) -> np.ndarray:

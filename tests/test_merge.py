@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from fr.images import encode_image
-from fr.merge import merge_datasets
-from fr.shards import ShardError, build_dataset_info, iter_records, list_shards, write_dataset_json, write_shards
+from fr.data.images import encode_image
+from fr.data.merge import merge_datasets
+from fr.data.shards import ShardError, build_dataset_info, iter_records, list_shards, write_dataset_json, write_shards
 
 
 def _dataset(path, identities, per_class, source, seed):

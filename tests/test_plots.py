@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from evaluation.plots import image_grid, plot_bars, plot_roc, plot_similarity_histogram
-from fr.images import decode_image
+from fr.data.images import decode_image
 
 
 def _png_size(path) -> tuple[int, int]:

@@ -5,9 +5,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from fr.binfile import load_bin
-from fr.images import encode_image
-from fr.shards import list_shards, read_dataset_json
+from fr.data.binfile import load_bin
+from fr.data.images import encode_image
+from fr.data.shards import list_shards, read_dataset_json
 from ray_jobs.config import load_config
 from ray_jobs.prepare import dataset_dir, run_prepare
 

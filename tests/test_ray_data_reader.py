@@ -2,9 +2,9 @@ import hashlib
 
 import numpy as np
 
-from fr.face_dataset import FaceShardDataset
-from fr.images import encode_image
-from fr.shards import write_shards
+from fr.data.face_dataset import FaceShardDataset
+from fr.data.images import encode_image
+from fr.data.shards import write_shards
 from ray_jobs.data import read_face_shards
 
 

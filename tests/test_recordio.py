@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from fr.recordio import (
+from fr.data.recordio import (
     RecordIOError,
     RecordIORecord,
     iter_recordio,

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from fr.face_dataset import FaceShardDataset
-from fr.images import decode_image, encode_image
-from fr.shards import (ShardError, build_dataset_info, check_labels, iter_records, list_shards, read_dataset_json,
+from fr.data.face_dataset import FaceShardDataset
+from fr.data.images import decode_image, encode_image
+from fr.data.shards import (ShardError, build_dataset_info, check_labels, iter_records, list_shards, read_dataset_json,
                        write_dataset_json, write_shard, write_shards)
 
 
@@ -81,7 +81,7 @@ def test_check_labels_names_shard(tmp_path):
 
 
 def test_resize_faces_down_up_and_identity():
-    from fr.images import resize_faces
+    from fr.data.images import resize_faces
 
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)

@@ -3,9 +3,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fr.alignment import ARCFACE_TEMPLATE, estimate_similarity
-from fr.images import decode_image, encode_image
-from fr.toyfaces import (
+from fr.data.alignment import ARCFACE_TEMPLATE, estimate_similarity
+from fr.data.images import decode_image, encode_image
+from fr.data.toyfaces import (
     ToyFaceConfig,
     ToyIdentity,
     class_sizes,
@@ -149,7 +149,7 @@ def test_verification_pairs(monkeypatch):
     images3, _ = make_verification_pairs(cfg, num_identities=12, num_pairs=10, seed=6)
     assert images3 != images
     # held-out identities: every identity rendered comes from the "verify" seed stream
-    import fr.toyfaces as toyfaces
+    import fr.data.toyfaces as toyfaces
 
     seen = []
     monkeypatch.setattr(toyfaces, "sample_identity", lambda s: seen.append(s) or sample_identity(s))

@@ -6,8 +6,8 @@ import torch
 
 from fr.backbones import BackboneMismatchError, build_backbone, save_backbone
 from fr.prototypes import save_prototypes
-from fr.shards import build_dataset_info, write_dataset_json, write_shard
-from fr.toyfaces import ToyFaceConfig, iter_toy_records
+from fr.data.shards import build_dataset_info, write_dataset_json, write_shard
+from fr.data.toyfaces import ToyFaceConfig, iter_toy_records
 from generation.checkpoint import weights_sha1
 from generation.dit import load_dit
 from generation.trainer_step import DiTInputError

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fr.images import decode_image, to_model_input
-from fr.shards import list_shards, read_table
+from fr.data.images import decode_image, to_model_input
+from fr.data.shards import list_shards, read_table
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 

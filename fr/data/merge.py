@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from fr.shards import (MANIFEST, DatasetInfo, ShardError, build_dataset_info, iter_records, list_shards,
+from fr.data.shards import (MANIFEST, DatasetInfo, ShardError, build_dataset_info, iter_records, list_shards,
                        read_dataset_json, write_dataset_json, write_shards)
 
 

@@ -4,7 +4,7 @@ An identity is a random vector of face geometry, colours and a fixed pattern of 
 from its seed. Every image adds nuisance drawn from its own seed: head pose (roll; yaw and pitch
 through a pseudo-3D ellipsoid head, which moves the five landmarks), expression, illumination,
 occlusion, background, blur, noise and JPEG quality. Faces are rendered on a larger canvas and
-aligned to the ArcFace template by :func:`fr.alignment.align_face` from their exact landmarks,
+aligned to the ArcFace template by :func:`fr.data.alignment.align_face` from their exact landmarks,
 the same path a real dataset takes; the photometric nuisance (light, blur, noise) is applied to
 the aligned crop, and JPEG when records are encoded.
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fr.alignment import ARCFACE_TEMPLATE, TEMPLATE_SIZE, align_face
-from fr.images import encode_image
+from fr.data.alignment import ARCFACE_TEMPLATE, TEMPLATE_SIZE, align_face
+from fr.data.images import encode_image
 
 _SPLITS = {"train": 0, "verify": 1}
 _SHIFT = 4  # cv2 drawing: coordinates carry 4 fractional bits

@@ -16,9 +16,9 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from fr.alignment import DegenerateLandmarksError, align_face, template_for_size
-from fr.images import decode_image, encode_image
-from fr.recordio import RecordIORecord, iter_recordio, read_header, read_index
+from fr.data.alignment import DegenerateLandmarksError, align_face, template_for_size
+from fr.data.images import decode_image, encode_image
+from fr.data.recordio import RecordIORecord, iter_recordio, read_header, read_index
 
 PathLike = str | os.PathLike
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -245,7 +245,7 @@ def records_from_recordio(
     label = int(first label), identity = ``id_<label>``. The header record and the identity index
     records after the images are skipped silently; an undecodable image or a label that is not a
     non-negative integer is counted as corrupt, a crop that is not image_size square as unaligned.
-    A structurally broken file raises :class:`fr.recordio.RecordIOError`.
+    A structurally broken file raises :class:`fr.data.recordio.RecordIOError`.
     """
     end = _image_key_end(read_header(rec_path, idx_path))
     for rec in iter_recordio(rec_path, idx_path, keys=keys):

@@ -1,0 +1,101 @@
+"""The generator interface: every face generator (VIGFace's DiT, AugGen's EDM2 model) behind one API.
+
+A generator lives in a model directory (weights + ``config.json``). :func:`load_generator` reads the
+kind from ``config.json`` (key ``"generator"``; a directory without it is a VIGFace DiT export, the
+format from before this interface) and builds the class named in :data:`GENERATORS`. ``sample`` turns a
+batch of conditions and one seed per row into RGB uint8 faces; row ``i`` depends on ``seeds[i]`` and
+its own conditions only (any batching, any device). ``generate``, AugGen's search and SynthDistill talk
+only to this interface; a new generator is one class and one line in :data:`GENERATORS`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+CONFIG_FILE = "config.json"
+KIND_KEY = "generator"
+LEGACY_KIND = "vigface_dit"  # model directories without a "generator" key (DiT exports)
+
+GENERATORS: dict[str, str] = {
+    "vigface_dit": "generation.dit_generator:DiTGenerator",
+}
+
+
+class GeneratorError(ValueError):
+    """A model directory or a batch of conditions does not fit the generator."""
+
+
+class Generator(ABC):
+    """A face generator loaded from a model directory.
+
+    Class attributes: ``kind`` (its name in :data:`GENERATORS`), ``condition_kind`` (a short description
+    of what it is conditioned on) and ``condition_keys`` (the arrays ``sample`` needs in ``conditions``).
+    Instance attributes: ``image_size`` (side of the faces it makes) and ``config`` (the model's config).
+    """
+
+    kind: ClassVar[str]
+    condition_kind: ClassVar[str]
+    condition_keys: ClassVar[tuple[str, ...]]
+    image_size: int
+    config: dict[str, Any]
+
+    @classmethod
+    @abstractmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu", **options: Any) -> "Generator":
+        """Build from ``model_dir``; ``options`` are sampling settings (steps, guidance, ...)."""
+
+    @abstractmethod
+    def sample(self, conditions: dict[str, np.ndarray], seeds: Sequence[int]) -> np.ndarray:
+        """RGB uint8 faces ``[B, image_size, image_size, 3]``, one per seed."""
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for a generated dataset: the kind, the model's config and the sampling options."""
+        return {"generator": self.kind, "condition_kind": self.condition_kind, "image_size": self.image_size,
+                "model_config": self.config, "options": getattr(self, "options", {})}
+
+    def check_conditions(self, conditions: dict[str, np.ndarray], seeds: Sequence[int]) -> int:
+        """The batch size; GeneratorError naming a missing key or a row-count mismatch."""
+        missing = [k for k in self.condition_keys if k not in conditions]
+        if missing:
+            raise GeneratorError(f"{self.kind}: conditions lack {missing} (it needs {list(self.condition_keys)})")
+        n = len(seeds)
+        bad = {k: len(conditions[k]) for k in self.condition_keys if len(conditions[k]) != n}
+        if bad:
+            raise GeneratorError(f"{self.kind}: {n} seeds but condition rows {bad}")
+        return n
+
+
+def read_model_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"generator directory {model_dir}: {CONFIG_FILE} not found")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GeneratorError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise GeneratorError(f"{path}: expected a JSON object")
+    return config
+
+
+def generator_kind(model_dir: str | Path) -> str:
+    """The kind of generator saved in ``model_dir``."""
+    return str(read_model_config(model_dir).get(KIND_KEY, LEGACY_KIND))
+
+
+def generator_class(kind: str) -> type[Generator]:
+    if kind not in GENERATORS:
+        raise GeneratorError(f"unknown generator kind {kind!r}; known: {sorted(GENERATORS)}")
+    module, name = GENERATORS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_generator(model_dir: str | Path, device: str = "cpu", **options: Any) -> Generator:
+    """The generator saved in ``model_dir`` (kind from its config.json), ready to sample."""
+    return generator_class(generator_kind(model_dir)).load(model_dir, device=device, **options)
