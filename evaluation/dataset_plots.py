@@ -7,6 +7,7 @@ writes a PNG when given a path. Large inputs are subsampled with a fixed seed so
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
@@ -174,3 +175,24 @@ def plot_tsne(
     ax.set_yticks([])
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def sample_grid(train_dir: Path, out_png: Path, identities: int = 8, per_identity: int = 8) -> Path:
+    """A grid of the first ``per_identity`` images of ``identities`` classes spread over the dataset."""
+    from evaluation.plots import image_grid
+    from fr.data.images import decode_image
+    from fr.data.shards import list_shards, read_table
+
+    by_label: dict[int, list[np.ndarray]] = {}
+    for path in list_shards(train_dir):
+        table = read_table(path, columns=["image", "label"])
+        for img, lab in zip(table.column("image").to_pylist(), table.column("label").to_pylist()):
+            if len(by_label.setdefault(lab, [])) < per_identity:
+                by_label[lab].append(decode_image(img))
+    labels = sorted(by_label)
+    chosen = [labels[i] for i in np.linspace(0, len(labels) - 1, min(identities, len(labels))).astype(int)]
+    tiles = []
+    for lab in chosen:
+        tiles.extend(by_label[lab] + [np.zeros_like(by_label[lab][0])] * (per_identity - len(by_label[lab])))
+    image_grid(tiles, per_identity, out_png)
+    return out_png

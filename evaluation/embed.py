@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
-from torch import nn
 
 from fr.face_embedder import EmbedderMismatchError as EvaluatorMismatchError  # noqa: F401  (re-exported)
 from fr.face_embedder import FaceEmbedder as Evaluator

@@ -278,3 +278,18 @@ def choose_prototypes(class_protos: Mapping[str, np.ndarray], num_real: int, num
             picked[row] = (None, None)
             counts[True] += 1
     return [(row, *picked[row]) for row in sorted(picked)]
+
+
+def format_compare_table(results: dict[str, dict[str, Any]]) -> str:
+    """setting | images | classes | accuracy +- std per benchmark."""
+    benches = sorted({k.split("/")[1] for r in results.values() for k in r if k.endswith("/accuracy")})
+    header = ["setting", "images", "classes", *benches]
+    rows = [header]
+    for setting, r in results.items():
+        cells = [f"{100 * r.get(f'verify/{b}/accuracy', float('nan')):.2f} +- "
+                 f"{100 * r.get(f'verify/{b}/accuracy_std', float('nan')):.2f}" for b in benches]
+        rows.append([setting, str(r["images"]), str(r["classes"]), *cells])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

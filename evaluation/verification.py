@@ -7,6 +7,7 @@ is strictly greater than the threshold.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence, Union
 
 import numpy as np
@@ -244,3 +245,14 @@ def evaluate_pairs(embed_fn: EmbedFn, images: ImageBatch, issame: np.ndarray | S
         raise ValueError(f"{len(images)} images for {len(issame)} pairs; expected {2 * len(issame)}")
     emb = embed_images(embed_fn, images, batch_size=batch_size, flip=flip)
     return evaluate_similarities(pair_similarities(emb), issame, n_folds=n_folds, fars=fars)
+
+
+def raw_pixel_floor(bin_path: Path) -> dict[str, float]:
+    """Verification accuracy of raw-pixel cosine on a .bin: the floor a trained FR model must beat."""
+    from fr.data.binfile import load_bin
+    from fr.data.images import decode_image
+
+    images, issame = load_bin(bin_path)
+    result = evaluate_pairs(raw_pixel_embed_fn, [decode_image(b) for b in images], issame, flip=False)
+    return {"raw_pixel_accuracy": result.accuracy, "raw_pixel_accuracy_std": result.accuracy_std,
+            "raw_pixel_auc": float(result.auc), "verify_pairs": float(len(issame))}

@@ -89,26 +89,6 @@ class FaceEmbedder:
         return emb.to(x01.device)
 
 
-def load_evaluator(backbone_prefix: str | Path, quality_path: str | Path | None = None, flip: bool = True,
-                   device: str | torch.device = "cpu") -> Evaluator:
-    """Load ``<prefix>.{safetensors,json}`` and, if given, a CR-FIQA ``QualityHead`` safetensors file."""
-    backbone = load_backbone(backbone_prefix, device="cpu")
-    if not hasattr(backbone, "embedding_size"):
-        raise EmbedderMismatchError(f"{backbone_prefix}: backbone has no embedding_size attribute")
-    quality = None
-    if quality_path is not None:
-        if not Path(quality_path).is_file():
-            raise FileNotFoundError(f"quality head {quality_path} not found")
-        quality = QualityHead(int(backbone.embedding_size))
-        try:
-            load_state_dict_strict(quality, load_file(str(quality_path)), source=str(quality_path))
-        except BackboneMismatchError as exc:
-            raise EmbedderMismatchError(
-                f"quality head {quality_path} does not fit the {backbone.embedding_size}-d evaluator "
-                f"{backbone_prefix}: {exc}") from exc
-    return Evaluator(backbone, quality, flip, device, name=str(backbone_prefix))
-
-
 def load_face_embedder(model: str | Path, quality_path: str | Path | None = None, flip: bool = True,
                        device: str | torch.device = "cpu", arch: str | None = None,
                        embedding_size: int = 512) -> FaceEmbedder:

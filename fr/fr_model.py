@@ -106,3 +106,21 @@ def load_fr_checkpoint(directory: str | Path, net: nn.Module, head: ClassifierHe
     if head_optimizer is not None:
         load_head_momentum(head, head_optimizer, momentum)
     return json.loads((directory / STATE_FILE).read_text())
+
+
+def export_fr_model(checkpoint_dir: str | Path, net: FRNet, head: ClassifierHead, identities: list[str],
+                    out_dir: str | Path, meta: dict[str, Any]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Backbone (+ CR-FIQA regressor) and the head's export (e.g. the prototype matrix) from a training
+    checkpoint, as safetensors + JSON. ``net``/``head`` are freshly built single-process modules of the
+    checkpoint's architecture. Returns (the written paths, the checkpoint's counters)."""
+    from fr.backbones import save_backbone
+
+    state = load_fr_checkpoint(checkpoint_dir, net, head, None, None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"backbone": save_backbone(net.backbone, out_dir / "backbone")}
+    if net.quality is not None:
+        save_file({k: v.contiguous() for k, v in net.quality.state_dict().items()}, str(out_dir / "quality.safetensors"))
+        paths["quality"] = out_dir / "quality.safetensors"
+    paths.update(head.export(out_dir, identities, {"step": state["step"], **meta}))
+    return paths, state

@@ -12,22 +12,13 @@ import logging
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from fr.crfiqa import certainty_ratio, quality_loss
 from fr.heads import ClassifierHead
-from fr.training import NonFiniteGuard, clip_and_step, set_lr
+from fr.training import NonFiniteGuard, all_ranks_finite, clip_and_step, set_lr
 
 log = logging.getLogger(__name__)
-
-
-def all_ranks_finite(loss: torch.Tensor) -> bool:
-    """Whether ``loss`` is finite on every rank (a MIN all-reduce when a process group is running)."""
-    finite = torch.isfinite(loss.detach()).float()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
-    return bool(finite.item())
 
 
 class FRTrainStep:

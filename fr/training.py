@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -76,6 +77,14 @@ class GlobalBatchOrder:
         for step in range(start_step, self.steps_per_epoch):
             batch = perm[step * self.global_batch:(step + 1) * self.global_batch]
             yield batch[self.rank * self.local_batch:(self.rank + 1) * self.local_batch].tolist()
+
+
+def all_ranks_finite(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every rank (a MIN all-reduce when a process group is running)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
+    return bool(finite.item())
 
 
 class NonFiniteLossError(RuntimeError):

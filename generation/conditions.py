@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from generation.landmark_map import NUM_LANDMARKS, render_landmark_map
-from generation.sampler import sample, validate_sampling
+from generation.sampler import sample
 
 LANDMARK_SIGMA_112 = 3.0  # Gaussian std (pixels) of a landmark at 112x112; scaled with the image side
 WHICH = ("virtual", "real", "both")

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from generation.conditions import condition_maps, sample_seeded, unit_to_images
-from generation.dit import WEIGHTS_FILE, load_dit
-from generation.generator import Generator, GeneratorError
+from generation.dit import CONFIG_FILE, WEIGHTS_FILE, DiTConfig, load_dit
+from generation.generator import Generator, GeneratorError, read_model_config
 from generation.sampler import validate_sampling
 
 
@@ -32,10 +32,18 @@ class DiTGenerator(Generator):
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", **options: Any) -> "DiTGenerator":
-        if not (Path(model_dir) / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{Path(model_dir) / WEIGHTS_FILE} not found (train_dit exports it)")
+        cls.read_info(model_dir)
         dev = torch.device(device)
         return cls(load_dit(model_dir, dev), dev, **options)
+
+    @classmethod
+    def read_info(cls, model_dir: str | Path) -> dict[str, Any]:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (Path(model_dir) / name).is_file():
+                raise FileNotFoundError(f"{Path(model_dir) / name} not found (train_dit exports it)")
+        config = DiTConfig.from_dict(read_model_config(model_dir))
+        return {"image_size": config.image_size, "condition_dims": {"prototype": config.cond_dim, "landmarks": 10},
+                "model_config": config.to_dict()}
 
     def sample(self, conditions: dict[str, np.ndarray], seeds: Sequence[int]) -> np.ndarray:
         from generation.conditions import condition_prototypes

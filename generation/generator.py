@@ -24,6 +24,7 @@ LEGACY_KIND = "vigface_dit"  # model directories without a "generator" key (DiT 
 
 GENERATORS: dict[str, str] = {
     "vigface_dit": "generation.dit_generator:DiTGenerator",
+    "auggen_edm2": "generation.edm2_generator:EDM2Generator",
 }
 
 
@@ -49,6 +50,11 @@ class Generator(ABC):
     @abstractmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", **options: Any) -> "Generator":
         """Build from ``model_dir``; ``options`` are sampling settings (steps, guidance, ...)."""
+
+    @classmethod
+    @abstractmethod
+    def read_info(cls, model_dir: str | Path) -> dict[str, Any]:
+        """Without loading weights: ``{"image_size": int, "condition_dims": {key: int}}`` (checks before work)."""
 
     @abstractmethod
     def sample(self, conditions: dict[str, np.ndarray], seeds: Sequence[int]) -> np.ndarray:
@@ -94,6 +100,12 @@ def generator_class(kind: str) -> type[Generator]:
         raise GeneratorError(f"unknown generator kind {kind!r}; known: {sorted(GENERATORS)}")
     module, name = GENERATORS[kind].split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def read_generator_info(model_dir: str | Path) -> dict[str, Any]:
+    """Kind, image size and condition sizes of the generator in ``model_dir``, without loading its weights."""
+    kind = generator_kind(model_dir)
+    return {"kind": kind, **generator_class(kind).read_info(model_dir)}
 
 
 def load_generator(model_dir: str | Path, device: str = "cpu", **options: Any) -> Generator:

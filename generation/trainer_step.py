@@ -13,14 +13,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from fr.data.face_dataset import FaceShardDataset, decode_batch
 from fr.data.images import resize_faces
 from fr.prototypes import Prototypes
 from fr.data.shards import DatasetInfo
-from fr.training import NonFiniteGuard, clip_and_step
+from fr.training import NonFiniteGuard, all_ranks_finite, clip_and_step
 from generation.conditions import condition_maps, images_to_unit, unit_to_images
 from generation.diffusion import sample_timesteps, training_losses
 from generation.dit import DiT, DiTConfig, sample_drop_mask
@@ -119,13 +118,6 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) >> 1)
 
 
-def _all_finite(loss: torch.Tensor) -> bool:
-    finite = torch.isfinite(loss.detach()).float()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
-    return bool(finite.item())
-
-
 def dit_train_step(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                    prototypes: torch.Tensor, landmarks: torch.Tensor, generator: torch.Generator,
                    guard: NonFiniteGuard, step: int, id_loss_fn: Callable | None = None, id_weight: float = 0.0,
@@ -148,7 +140,7 @@ def dit_train_step(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
         losses = training_losses(model, images, prototypes, maps, t, noise, drop, id_loss_fn, id_weight)
     optimizer.zero_grad(set_to_none=True)
     grad_norm = float("nan")
-    if guard.check(_all_finite(losses["loss"]), step):
+    if guard.check(all_ranks_finite(losses["loss"]), step):
         losses["loss"].backward()
         grad_norm = clip_and_step(list(model.parameters()), [optimizer], 0.0)
         ema.update(core)

@@ -13,10 +13,11 @@ from typing import Any
 
 from fr.data.merge import merge_datasets
 from fr.data.shards import MANIFEST, read_dataset_json
+from evaluation.report import format_compare_table
+from ray_jobs import layout
 from ray_jobs.config import FacesynthConfig, with_overrides
-from ray_jobs.generate import generate_out_dir, run_generate
+from ray_jobs.jobs import JOBS
 from ray_jobs.tracking import mlflow_run
-from ray_jobs.train_fr import fr_dataset_dir, fr_verify_bins, run_train_fr
 
 log = logging.getLogger(__name__)
 PARTS = {"real", "virtual", "realaug"}
@@ -56,31 +57,30 @@ def realaug_config(cfg: FacesynthConfig) -> FacesynthConfig:
 def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
     """The real, virtual and real-ID augmentation datasets; synthetic ones are generated if missing."""
     c = cfg.compare
-    dirs = {"real": Path(c.real) if c.real else fr_dataset_dir(cfg)}
+    dirs = {"real": Path(c.real) if c.real else layout.real_dataset_dir(cfg)}
     if "virtual" in needed:
         vcfg = virtual_config(cfg)
-        dirs["virtual"] = Path(c.virtual) if c.virtual else generate_out_dir(vcfg)
+        dirs["virtual"] = Path(c.virtual) if c.virtual else layout.generate_out_dir(vcfg)
         if not (dirs["virtual"] / MANIFEST).exists():
             if c.virtual:
                 raise FileNotFoundError(f"compare.virtual: {dirs['virtual']} has no {MANIFEST}")
-            run_generate(vcfg)
+            JOBS["generate"](vcfg)
     if "realaug" in needed:
         if c.augment_real_to < 1:
             raise ValueError("compare.augment_real_to must be >= 1 for a real-ID augmentation setting")
         acfg = realaug_config(cfg)
-        dirs["realaug"] = generate_out_dir(acfg)
+        dirs["realaug"] = layout.generate_out_dir(acfg)
         if not (dirs["realaug"] / MANIFEST).exists():
-            run_generate(acfg)
+            JOBS["generate"](acfg)
     return dirs
 
 
 def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
     settings = {s: _setting_parts(s) for s in cfg.compare.settings}
-    bins = [str(b.resolve()) for b in fr_verify_bins(cfg)]  # the real benchmarks, for every setting
+    bins = [str(b.resolve()) for b in layout.verify_bins(cfg)]  # the real benchmarks, for every setting
     if not bins:
         raise FileNotFoundError("compare: no verification .bin files (set train_fr.verify_bins)")
     dirs = _source_dirs(cfg, {p for parts in settings.values() for p in parts})
-    data_root = Path(cfg.run.output_dir) / "data"
     results: dict[str, Any] = {}
     with mlflow_run(cfg, "compare") as tracker:
         for setting, parts in settings.items():
@@ -88,7 +88,7 @@ def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
             if len(parts) == 1:
                 train_dir = dirs[parts[0]]
             else:
-                train_dir = data_root / f"compare_{key}" / "train"
+                train_dir = layout.dataset_dir(cfg, f"compare_{key}")
                 merge_datasets([dirs[p] for p in parts], train_dir, cfg.prepare.rows_per_shard,
                                {"compare_setting": setting})
             info = read_dataset_json(train_dir)
@@ -96,32 +96,17 @@ def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
                                        f"train_fr.verify_bins={json.dumps(bins)}", *cfg.compare.fr_overrides])
             log.info("compare: %s: training FR on %d images of %d identities", setting, info.num_images,
                      info.num_classes)
-            out = run_train_fr(sub)
+            out = JOBS["train_fr"](sub)
             acc = {k: v for k, v in out["metrics"].items() if k.startswith("verify/")}
             results[setting] = {"dataset": str(train_dir), "images": info.num_images, "classes": info.num_classes,
                                 **acc}
             tracker.metrics({f"{key}/{k}": v for k, v in acc.items()})
         table = format_compare_table(results)
         print(table)
-        out_dir = Path(cfg.run.output_dir) / "compare" / cfg.run.name
+        out_dir = layout.compare_report_dir(cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare.json").write_text(json.dumps(results, indent=1))
         (out_dir / "compare.txt").write_text(table + "\n")
         tracker.artifact(out_dir / "compare.json", "compare")
         tracker.artifact(out_dir / "compare.txt", "compare")
     return results
-
-
-def format_compare_table(results: dict[str, dict[str, Any]]) -> str:
-    """setting | images | classes | accuracy +- std per benchmark."""
-    benches = sorted({k.split("/")[1] for r in results.values() for k in r if k.endswith("/accuracy")})
-    header = ["setting", "images", "classes", *benches]
-    rows = [header]
-    for setting, r in results.items():
-        cells = [f"{100 * r.get(f'verify/{b}/accuracy', float('nan')):.2f} +- "
-                 f"{100 * r.get(f'verify/{b}/accuracy_std', float('nan')):.2f}" for b in benches]
-        rows.append([setting, str(r["images"]), str(r["classes"]), *cells])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

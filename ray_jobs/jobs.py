@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from ray_jobs.config import FacesynthConfig
 
@@ -21,13 +21,14 @@ _JOB_TARGETS = {
     "generate": ("generate", "run_generate"),
     "evaluate": ("evaluate", "run_evaluate"),
     "compare": ("compare", "run_compare"),
+    "train_auggen": ("train_auggen", "run_train_auggen"),
 }
 PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "compare", "evaluate"]
 
 
-def _lazy(module: str, function: str) -> Callable[[FacesynthConfig], None]:
-    def run(cfg: FacesynthConfig) -> None:
-        getattr(importlib.import_module(f"ray_jobs.{module}"), function)(cfg)
+def _lazy(module: str, function: str) -> Callable[[FacesynthConfig], Any]:
+    def run(cfg: FacesynthConfig) -> Any:
+        return getattr(importlib.import_module(f"ray_jobs.{module}"), function)(cfg)
 
     run.__name__ = function
     return run
@@ -40,5 +41,5 @@ def pipeline(cfg: FacesynthConfig) -> None:
         JOBS[name](cfg)
 
 
-JOBS: dict[str, Callable[[FacesynthConfig], None]] = {
+JOBS: dict[str, Callable[[FacesynthConfig], Any]] = {
     **{name: _lazy(*target) for name, target in _JOB_TARGETS.items()}, "pipeline": pipeline}

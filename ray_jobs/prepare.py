@@ -17,19 +17,18 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from evaluation.dataset_plots import sample_grid
+from evaluation.verification import raw_pixel_floor
 from fr.data.ingest import IngestStats
 from fr.data.shards import (MANIFEST, SHARD_GLOB, DatasetInfo, ShardError, build_dataset_info, read_dataset_json,
                        shard_path, write_dataset_json, write_shard, write_shards)
 from fr.data.toyfaces import ToyFaceConfig, class_sizes, iter_toy_records, make_verification_pairs
+from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, to_dict
 from ray_jobs.tracking import Tracker, mlflow_run
 
 log = logging.getLogger(__name__)
-
-
-def dataset_dir(cfg: FacesynthConfig) -> Path:
-    return Path(cfg.run.output_dir) / "data" / cfg.prepare.dataset_name
 
 
 def toy_config(cfg: FacesynthConfig) -> ToyFaceConfig:
@@ -121,46 +120,13 @@ def _prepare_toy(cfg: FacesynthConfig, train_dir: Path, verify_dir: Path, tracke
             "verify_bin": str(verify_path), "shards_resumed": done_shards}
 
 
-def raw_pixel_floor(bin_path: Path) -> dict[str, float]:
-    """Verification accuracy of raw-pixel cosine on a .bin: the floor a trained FR model must beat."""
-    from evaluation.verification import evaluate_pairs, raw_pixel_embed_fn
-    from fr.data.binfile import load_bin
-    from fr.data.images import decode_image
-
-    images, issame = load_bin(bin_path)
-    result = evaluate_pairs(raw_pixel_embed_fn, [decode_image(b) for b in images], issame, flip=False)
-    return {"raw_pixel_accuracy": result.accuracy, "raw_pixel_accuracy_std": result.accuracy_std,
-            "raw_pixel_auc": float(result.auc), "verify_pairs": float(len(issame))}
-
-
-def sample_grid(train_dir: Path, out_png: Path, identities: int = 8, per_identity: int = 8) -> Path:
-    """A grid of the first ``per_identity`` images of ``identities`` classes spread over the dataset."""
-    from evaluation.plots import image_grid
-    from fr.data.images import decode_image
-    from fr.data.shards import list_shards, read_table
-
-    by_label: dict[int, list[np.ndarray]] = {}
-    for path in list_shards(train_dir):
-        table = read_table(path, columns=["image", "label"])
-        for img, lab in zip(table.column("image").to_pylist(), table.column("label").to_pylist()):
-            if len(by_label.setdefault(lab, [])) < per_identity:
-                by_label[lab].append(decode_image(img))
-    labels = sorted(by_label)
-    chosen = [labels[i] for i in np.linspace(0, len(labels) - 1, min(identities, len(labels))).astype(int)]
-    tiles = []
-    for lab in chosen:
-        tiles.extend(by_label[lab] + [np.zeros_like(by_label[lab][0])] * (per_identity - len(by_label[lab])))
-    image_grid(tiles, per_identity, out_png)
-    return out_png
-
-
 def run_prepare(cfg: FacesynthConfig) -> DatasetInfo:
     p = cfg.prepare
     if p.source not in ("toy", "folder", "recordio"):
         raise ValueError(f"prepare.source must be toy, folder or recordio, got {p.source!r}")
     if p.source != "toy" and not p.input_path:
         raise ValueError(f"prepare.source={p.source} needs prepare.input_path")
-    out = dataset_dir(cfg)
+    out = layout.prepared_dir(cfg)
     train_dir, verify_dir = out / "train", out / "verify"
     if (train_dir / MANIFEST).exists() and not p.overwrite:
         info = read_dataset_json(train_dir)

@@ -132,8 +132,10 @@ class TrainerParts:
     ``save(dir, state, write)``: called on every rank (it may gather); only ``write`` ranks write files.
     ``load(dir)``: restore on every rank, return the saved state (raise on a mismatch).
     ``state_fields(step)``: extra fields saved in the state. ``on_resume(state)``: extra fields of the
-    resume record (every rank, may be collective). ``periodic(step, last)``: rank 0 only, e.g. the
-    verification or a sample grid; returns metrics to log (its time is not counted in images/s).
+    resume record (every rank, may be collective). ``start(state)``: once on every rank after the resume
+    and before the first step (wrap the model in DDP, build the step with the restored counters).
+    ``periodic(step, last)``: rank 0 only, e.g. the verification or a sample grid; returns metrics to
+    log (its time is not counted in images/s).
     """
 
     total_steps: int
@@ -146,6 +148,7 @@ class TrainerParts:
     nonfinite_total: Callable[[], int]
     state_fields: Callable[[int], dict] = field(default=lambda step: {})
     on_resume: Callable[[dict], dict] | None = None
+    start: Callable[[dict], None] | None = None
     periodic: Callable[[int, bool], dict | None] | None = None
 
 
@@ -200,6 +203,8 @@ def run_worker_loop(wc: "WorkerContext", parts: TrainerParts, section: Any, expo
     export_dir = Path(export_dir)
     rank, world = wc.rank, wc.world
     state = resume_state(wc, parts)
+    if parts.start is not None:
+        parts.start(state)
     step = state["step"]
     t_log, n_log = time.perf_counter(), 0
     metrics: dict[str, float] = {}

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -37,31 +36,15 @@ from generation.trainer_step import (DiTInputError, DiTShardDataset, check_dit_i
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, TrainDiTSection, to_dict
 from ray_jobs.tracking import mlflow_run, tracking_uri
-from ray_jobs.train_common import absolute_uri, make_torch_trainer, worker_context
-from ray_jobs.train_fr import fr_dataset_dir, fr_export_dir
+from ray_jobs import layout
+from ray_jobs.train_common import (TrainerParts, absolute_uri, clear_stopped, make_torch_trainer, raise_if_stopped,
+                                   run_worker_loop, worker_context)
 
 log = logging.getLogger(__name__)
-MAX_NONFINITE = 5  # consecutive non-finite losses before the run stops
 
 
 # ------------------------------------------------------------------------------------------------
 # paths and validation (driver)
-
-
-def dit_dataset_dir(cfg: FacesynthConfig) -> Path:
-    return Path(cfg.train_dit.dataset) if cfg.train_dit.dataset else fr_dataset_dir(cfg)
-
-
-def dit_prototypes_prefix(cfg: FacesynthConfig) -> Path:
-    return Path(cfg.train_dit.prototypes) if cfg.train_dit.prototypes else fr_export_dir(cfg) / "prototypes"
-
-
-def dit_backbone_prefix(cfg: FacesynthConfig) -> Path:
-    return Path(cfg.train_dit.fr_backbone) if cfg.train_dit.fr_backbone else fr_export_dir(cfg) / "backbone"
-
-
-def dit_export_dir(cfg: FacesynthConfig) -> Path:
-    return Path(cfg.run.output_dir) / "dit" / cfg.run.name
 
 
 def dit_model_config(t: TrainDiTSection) -> DiTConfig:
@@ -83,13 +66,13 @@ def validate_dit_config(cfg: FacesynthConfig) -> dict[str, Any]:
         raise DiTInputError("train_dit.sample_every, id_weight and weight_decay must be >= 0 and lr > 0")
     validate_sampling(cfg.train_dit.sample_steps, cfg.train_dit.sample_guidance, 0.0)  # the sample grid's settings
     model_cfg = dit_model_config(t)
-    data_dir = dit_dataset_dir(cfg)
+    data_dir = layout.dit_dataset_dir(cfg)
     info = read_dataset_json(data_dir)
-    protos = load_prototypes(dit_prototypes_prefix(cfg))
+    protos = load_prototypes(layout.dit_prototypes_prefix(cfg))
     check_dit_inputs(model_cfg, protos, info, t.batch_size, t.num_workers)
     if t.id_weight > 0:
         # the architecture stage 1 trained; BackboneMismatchError for a checkpoint of another one
-        backbone = load_backbone(dit_backbone_prefix(cfg), expected_name=cfg.train_fr.backbone)
+        backbone = load_backbone(layout.dit_backbone_prefix(cfg), expected_name=cfg.train_fr.backbone)
         check_fr_backbone(backbone, model_cfg.cond_dim, model_cfg.image_size)
     return {"data_dir": data_dir, "info": info, "model_config": model_cfg, "prototypes": protos}
 
@@ -109,9 +92,9 @@ def _grid_png(ema_model: DiT, proto_rows: np.ndarray, landmarks: np.ndarray, lab
 
 
 def train_loop(loop_config: dict) -> None:
-    """One Ray Train worker; every rank runs the same steps on its slice of the global batch."""
+    """One Ray Train worker: build the DiT parts, hand the step and its state to the skeleton."""
     wc = worker_context(loop_config, "train_dit")
-    cfg, rank, world, device, logger = wc.cfg, wc.rank, wc.world, wc.device, wc.logger
+    cfg, rank, world, device = wc.cfg, wc.rank, wc.world, wc.device
     t = cfg.train_dit
 
     model_cfg = DiTConfig.from_dict(loop_config["model_config"])
@@ -126,67 +109,45 @@ def train_loop(loop_config: dict) -> None:
     id_fn = None
     if t.id_weight > 0:
         id_fn = frozen(load_backbone(loop_config["backbone"], expected_name=cfg.train_fr.backbone)).to(device)
-
-    state: dict[str, Any] = {"step": 0, "images_seen": 0, "nonfinite_total": 0}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_dit_checkpoint(d, model, ema, optimizer, device)
-        state.setdefault("resumes", []).append({"step": state["step"], "saved_world_size": state.get("world_size"),
-                                                "world_size": world, "model_sha1": weights_sha1(model)})
-        log.info("rank %d: resumed from step %d", rank, state["step"])
-    model = ray.train.torch.prepare_model(model) if world > 1 else model
     amp_dtype = torch.bfloat16 if t.bf16 and device.type == "cuda" else None
-    guard = NonFiniteGuard(MAX_NONFINITE)
-    guard.total = state.get("nonfinite_total", 0)
+    guard = NonFiniteGuard(t.max_nonfinite)
+    modules: dict[str, Any] = {"model": model}
     grid = grid_conditions(protos.num_real, protos.num_virtual, t.sample_identities, dataset.landmarks,
                            t.sample_poses) if rank == 0 else None
-    step = state["step"]
-    t_log, n_log = time.perf_counter(), 0
-    metrics: dict[str, float] = {}
 
-    def save(final: bool) -> None:
-        state.update(step=step, nonfinite_total=guard.total, world_size=world, batch_size=t.batch_size,
-                     epoch=step // order.steps_per_epoch, batch_in_epoch=step % order.steps_per_epoch)
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_dit_checkpoint(tmp, model, ema, optimizer, dict(state))
-                ray.train.report(dict(metrics, step=step, final=float(final)),
-                                 checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(dict(metrics, step=step, final=float(final)))
+    def load(d: Path) -> dict:
+        return load_dit_checkpoint(d, model, ema, optimizer, device)
 
-    while step < t.max_steps:
-        epoch, start = divmod(step, order.steps_per_epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=list(order.epoch_batches(epoch, start)),
-                                             num_workers=t.loader_workers)
-        for images, labels, landmarks in loader:
-            out = dit_train_step(model, ema, optimizer, images.to(device, non_blocking=True),
-                                 cond[labels.to(device)], landmarks, step_generator(cfg.run.seed, step, rank),
-                                 guard, step, id_fn, t.id_weight, t.cond_drop_prob, amp_dtype)
-            step += 1
-            n_log += images.shape[0] * world
-            state["images_seen"] = state.get("images_seen", 0) + images.shape[0] * world
-            last = step == t.max_steps
-            if step % t.log_every == 0 or last:
-                elapsed = time.perf_counter() - t_log
-                metrics = {**out, "images_per_s": n_log / max(elapsed, 1e-9), "epoch": step / order.steps_per_epoch,
-                           "nonfinite_total": guard.total}
-                t_log, n_log = time.perf_counter(), 0
-                if rank == 0:
-                    log.info("step %d/%d %s", step, t.max_steps, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-                    logger.metrics(metrics, step)
-            t_pause = time.perf_counter()
-            if rank == 0 and ((t.sample_every and step % t.sample_every == 0) or last):
-                with tempfile.TemporaryDirectory() as tmp:
-                    png = _grid_png(ema.module, grid[0], grid[1], grid[2], cond, cfg,
-                                    Path(tmp) / f"samples_step{step:08d}.png")
-                    logger.artifact(png, "samples")
-            if step % t.checkpoint_every == 0 or last:
-                save(final=last)
-            t_log += time.perf_counter() - t_pause  # images/s counts training (data + step) time only
-            if last:
-                break
+    def start(state: dict) -> None:  # after the resume: DDP-wrap, restore the non-finite count
+        modules["model"] = ray.train.torch.prepare_model(model) if world > 1 else model
+        guard.total = state.get("nonfinite_total", 0)
+
+    def save(d: Path, state: dict, write: bool) -> None:
+        if write:
+            save_dit_checkpoint(d, modules["model"], ema, optimizer, state)
+
+    def step(i: int, batch) -> dict:
+        images, labels, landmarks = batch
+        return dit_train_step(modules["model"], ema, optimizer, images.to(device, non_blocking=True),
+                              cond[labels.to(device)], landmarks, step_generator(cfg.run.seed, i, rank), guard, i,
+                              id_fn, t.id_weight, t.cond_drop_prob, amp_dtype)
+
+    def periodic(i: int, last: bool) -> None:
+        if (t.sample_every and i % t.sample_every == 0) or last:
+            with tempfile.TemporaryDirectory() as tmp:
+                wc.logger.artifact(_grid_png(ema.module, grid[0], grid[1], grid[2], cond, cfg,
+                                             Path(tmp) / f"samples_step{i:08d}.png"), "samples")
+
+    parts = TrainerParts(
+        total_steps=t.max_steps, steps_per_epoch=order.steps_per_epoch,
+        epoch_batches=lambda epoch, start_: torch.utils.data.DataLoader(
+            dataset, batch_sampler=list(order.epoch_batches(epoch, start_)), num_workers=t.loader_workers),
+        step=step, batch_images=lambda batch: batch[0].shape[0], save=save, load=load,
+        nonfinite_total=lambda: guard.total,
+        state_fields=lambda i: {"batch_size": t.batch_size, "epoch": i // order.steps_per_epoch,
+                                "batch_in_epoch": i % order.steps_per_epoch},
+        on_resume=lambda state: {"model_sha1": weights_sha1(model)}, start=start, periodic=periodic)
+    run_worker_loop(wc, parts, t, Path(loop_config["export_dir"]), "train_dit")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,8 +159,8 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
     checked = validate_dit_config(cfg)
     info = checked["info"]
     init_ray(cfg.ray)
-    storage = Path(cfg.run.output_dir).resolve() / "ray_train"
-    export_dir = dit_export_dir(cfg).resolve()
+    export_dir = layout.dit_export_dir(cfg).resolve()
+    clear_stopped(export_dir)
     with mlflow_run(cfg, "train_dit") as tracker:
         model_cfg: DiTConfig = checked["model_config"]
         tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images,
@@ -208,15 +169,17 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
         loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": absolute_uri(tracking_uri(cfg)),
                        "dataset_dir": str(checked["data_dir"].resolve()), "model_config": model_cfg.to_dict(),
                        "dataset_image_size": checked["info"].image_size,
-                       "prototypes": str(dit_prototypes_prefix(cfg).resolve()),
-                       "backbone": str(dit_backbone_prefix(cfg).resolve())}
-        trainer = make_torch_trainer(train_loop, loop_config, name=f"{cfg.run.name}-train_dit", storage=storage,
+                       "prototypes": str(layout.dit_prototypes_prefix(cfg).resolve()),
+                       "backbone": str(layout.dit_backbone_prefix(cfg).resolve()), "export_dir": str(export_dir)}
+        trainer = make_torch_trainer(train_loop, loop_config, name=f"{cfg.run.name}-train_dit",
+                                     storage=layout.ray_storage(cfg),
                                      num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      cpus_per_worker=t.cpus_per_worker, max_failures=t.max_failures,
                                      keep_checkpoints=t.keep_checkpoints)
         t0 = time.perf_counter()
         result = trainer.fit()
         seconds = time.perf_counter() - t0
+        raise_if_stopped(export_dir, result, "train_dit", t.max_nonfinite, tracker)
         if result.checkpoint is None:
             raise RuntimeError(f"train_dit finished without a checkpoint: {result.error}")
         with result.checkpoint.as_directory() as d:

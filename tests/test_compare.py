@@ -9,7 +9,7 @@ from fr.data.shards import build_dataset_info, read_dataset_json, write_dataset_
 from fr.data.toyfaces import ToyFaceConfig, iter_toy_records
 from ray_jobs.compare import _setting_parts, format_compare_table, realaug_config, run_compare, virtual_config
 from ray_jobs.config import load_config
-from ray_jobs.generate import generate_out_dir
+from ray_jobs.layout import generate_out_dir
 from ray_jobs.prepare import run_prepare
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

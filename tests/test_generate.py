@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import ray_jobs.generate as generate_job
+import ray_jobs.shard_stream as shard_stream
+from ray_jobs.layout import generate_out_dir
 from fr.data.images import decode_image
 from fr.prototypes import save_prototypes
 from fr.data.shards import list_shards, read_dataset_json, read_table
@@ -55,7 +56,7 @@ def _rows(out_dir):
 @pytest.mark.slow
 def test_interrupted_generation_resumes_without_redoing_shards(stage2, mlflow_uri, ray_local, monkeypatch):
     out_dir = stage2 / "data" / "vigface_virtual" / "train"
-    real_write = generate_job.write_shard
+    real_write = shard_stream.write_shard
     calls = []
 
     def failing_write(path, records):
@@ -64,14 +65,14 @@ def test_interrupted_generation_resumes_without_redoing_shards(stage2, mlflow_ur
         calls.append(path)
         return real_write(path, records)
 
-    monkeypatch.setattr(generate_job, "write_shard", failing_write)
+    monkeypatch.setattr(shard_stream, "write_shard", failing_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_generate(_cfg(stage2, mlflow_uri))
     first = list(out_dir.glob("part-*.parquet"))
     assert first == calls and not (out_dir / "dataset.json").exists()
     mtime, content = first[0].stat().st_mtime_ns, first[0].read_bytes()
 
-    monkeypatch.setattr(generate_job, "write_shard", real_write)
+    monkeypatch.setattr(shard_stream, "write_shard", real_write)
     info = run_generate(_cfg(stage2, mlflow_uri))
     assert first[0].stat().st_mtime_ns == mtime and first[0].read_bytes() == content  # not redone
     assert [p.name for p in list_shards(out_dir)] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
@@ -81,7 +82,7 @@ def test_interrupted_generation_resumes_without_redoing_shards(stage2, mlflow_ur
     assert names == [f"virtual_{j}" for j in range(3) for _ in range(4)]
     assert len({im.tobytes() for im in images}) == 12  # no duplicated rows
     prov = info.provenance
-    assert prov["steps"] == 2 and prov["guidance"] == 4.0 and prov["seed"] == 0 and prov["dit"].endswith("dit/gen")
+    assert prov["steps"] == 2 and prov["guidance"] == 4.0 and prov["seed"] == 0 and prov["model_dir"].endswith("dit/gen") and prov["generator"] == "vigface_dit"
     assert info.extra["prototype_rows"] == [3, 4, 5]
 
     # the same rows with another batch size and shard size
@@ -137,7 +138,7 @@ def test_generate_records_privacy_verdict(tmp_path, mlflow_uri, ray_local):
     model = build_dit("tiny", image_size=SIDE)
     save_dit(model, root / "dit" / "gen")
     info = run_generate(_cfg(root, mlflow_uri, "generate.privacy_check=true"))
-    privacy = read_dataset_json(generate_job.generate_out_dir(_cfg(root, mlflow_uri))).extra["privacy"]
+    privacy = read_dataset_json(generate_out_dir(_cfg(root, mlflow_uri))).extra["privacy"]
     assert set(privacy) >= {"passed", "leak_fraction", "real_level", "mode"}
     assert isinstance(privacy["passed"], bool) and 0.0 <= privacy["leak_fraction"] <= 1.0
     assert info.extra["privacy"] == privacy

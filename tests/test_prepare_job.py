@@ -9,7 +9,8 @@ from fr.data.binfile import load_bin
 from fr.data.images import encode_image
 from fr.data.shards import list_shards, read_dataset_json
 from ray_jobs.config import load_config
-from ray_jobs.prepare import dataset_dir, run_prepare
+from ray_jobs.layout import prepared_dir as dataset_dir
+from ray_jobs.prepare import run_prepare
 
 pytestmark = pytest.mark.slow
 

@@ -712,3 +712,9 @@ def make_verification_pairs(
         for ident, j in ((a, j1), (b, j2)):
             images.append(_encoded_sample(identities[ident], toy_sample_seed(id_seeds[ident], int(j)), config)[0])
     return images, issame
+
+
+def render_aligned(identity: ToyIdentity, nuisance: ToyNuisance, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """One aligned image from explicit identity and nuisance parameters (RGB uint8, landmarks float32 (5, 2)):
+    the hook of SynthDistill's toy generator (``distill.toy_generator``), which builds both from a latent."""
+    return _render_aligned(identity, nuisance, size)
