@@ -52,10 +52,10 @@ BARE_OPENMP = openmp_settings()
 import torch  # noqa: E402
 
 from bench.common import REPO_ROOT, format_table, machine_busy_cpu_s, machine_info, write_json  # noqa: E402
-from fr.backbones import build_backbone  # noqa: E402
+from fr.fr_model import build_fr_net  # noqa: E402
+from fr.head_registry import HeadSpec, build_head  # noqa: E402
 from fr.margins import build_margin  # noqa: E402
-from fr.partial_fc import PartialFCHead  # noqa: E402
-from fr.training import clip_and_step  # noqa: E402
+from fr.train_step import FRTrainStep  # noqa: E402
 
 TARGET_RATIO = 0.95
 
@@ -78,26 +78,25 @@ class StepConfig:
 
 
 def build_training(cfg: StepConfig, device: torch.device):
-    """Backbone, ArcFace ``PartialFCHead`` (world size 1), two SGD optimizers (as ``train_fr``), one fixed batch."""
+    """``train_fr``'s step: the FR net, the ``partial_fc`` ArcFace head (world size 1), two SGD optimizers in
+    ``fr.train_step.FRTrainStep``; one fixed batch."""
     torch.manual_seed(cfg.seed)
-    net = build_backbone(cfg.backbone, **cfg.backbone_kwargs).to(device)
-    head = PartialFCHead(cfg.num_classes, 0, 512, build_margin("arcface"), sample_rate=cfg.sample_rate,
-                         seed=cfg.seed).to(device)
+    net = build_fr_net(cfg.backbone, 512, False, cfg.backbone_kwargs).to(device)
+    head = build_head("partial_fc", HeadSpec(num_classes=cfg.num_classes, embedding_size=512,
+                                             margin=build_margin("arcface"), sample_rate=cfg.sample_rate,
+                                             seed=cfg.seed)).to(device)
     optimizers = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4) for m in (net, head)]
+    step = FRTrainStep(net, head, *optimizers, device=device, grad_clip=cfg.grad_clip)
     gen = torch.Generator().manual_seed(cfg.seed)
     images = torch.randn((cfg.batch, 3, 112, 112), generator=gen).to(device)
     labels = torch.randint(0, cfg.num_classes, (cfg.batch,), generator=gen).to(device)
-    return net, head, optimizers, images, labels
+    return step, images, labels
 
 
-def train_step(net, head, optimizers, images, labels, grad_clip: float) -> torch.Tensor:
-    """One optimisation step (forward, margin-softmax loss, backward, clipped SGD); returns the detached loss."""
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    loss = head(net(images).float(), labels).loss
-    loss.backward()
-    clip_and_step(list(net.parameters()), optimizers, grad_clip)
-    return loss.detach()
+def train_step(step: FRTrainStep, images, labels, lr: float) -> torch.Tensor:
+    """One optimisation step of ``train_fr`` (forward, margin-softmax loss, finiteness check, backward,
+    clipped SGD); returns the detached loss."""
+    return step(images, labels, lr, 0)["loss"]
 
 
 def measure(cfg: StepConfig, device: torch.device, openmp: str) -> dict[str, Any]:
@@ -107,16 +106,16 @@ def measure(cfg: StepConfig, device: torch.device, openmp: str) -> dict[str, Any
     depends on the scheduler's share, the CPU time much less.
     """
     torch.set_num_threads(cfg.threads)
-    net, head, optimizers, images, labels = build_training(cfg, device)
+    step, images, labels = build_training(cfg, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(cfg.warmup):
-        train_step(net, head, optimizers, images, labels, cfg.grad_clip)
+        train_step(step, images, labels, cfg.lr)
     sync()
     times, cpu_times, loss = [], [], None
     busy0, own0, wall0 = machine_busy_cpu_s(), time.process_time(), time.perf_counter()
     for _ in range(cfg.steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        loss = train_step(net, head, optimizers, images, labels, cfg.grad_clip)
+        loss = train_step(step, images, labels, cfg.lr)
         sync()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)

@@ -96,10 +96,15 @@ def generator_kind(model_dir: str | Path) -> str:
 
 
 def generator_class(kind: str) -> type[Generator]:
-    if kind not in GENERATORS:
-        raise GeneratorError(f"unknown generator kind {kind!r}; known: {sorted(GENERATORS)}")
-    module, name = GENERATORS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    """The class of ``kind``: a name in :data:`GENERATORS`, or an import path ``"package.module:Class"``
+    (a generator of another package, with no edit here)."""
+    if kind not in GENERATORS and ":" not in kind:
+        raise GeneratorError(f"unknown generator kind {kind!r}; known: {sorted(GENERATORS)} (or 'module:Class')")
+    module, name = GENERATORS.get(kind, kind).split(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise GeneratorError(f"generator kind {kind!r} names {cls!r}, not a generation.generator.Generator")
+    return cls
 
 
 def read_generator_info(model_dir: str | Path) -> dict[str, Any]:

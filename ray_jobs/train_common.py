@@ -284,3 +284,15 @@ def raise_if_stopped(export_dir: Path, result: Any, job: str, max_nonfinite: int
     raise NonFiniteLossError(
         f"{job} stopped at step {info['step']}: {max_nonfinite} non-finite losses in a row "
         f"({info['nonfinite_total']} in all). Last good checkpoint: {last}. Lower {job}.lr or check the data.")
+
+
+def fit_checked(trainer: Any, export_dir: Path, job: str, max_nonfinite: int, tracker: Any = None) -> tuple[Any, float]:
+    """``trainer.fit()``; (the result, wall seconds). Raises if the run stopped on non-finite losses or
+    ended without a checkpoint."""
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - t0
+    raise_if_stopped(export_dir, result, job, max_nonfinite, tracker)
+    if result.checkpoint is None:
+        raise RuntimeError(f"{job} finished without a checkpoint: {result.error}")
+    return result, seconds

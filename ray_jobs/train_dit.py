@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, TrainDiTSection, to_dict
 from ray_jobs.tracking import mlflow_run, tracking_uri
 from ray_jobs import layout
-from ray_jobs.train_common import (TrainerParts, absolute_uri, clear_stopped, make_torch_trainer, raise_if_stopped,
+from ray_jobs.train_common import (TrainerParts, absolute_uri, clear_stopped, fit_checked, make_torch_trainer,
                                    run_worker_loop, worker_context)
 
 log = logging.getLogger(__name__)
@@ -176,12 +175,7 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
                                      num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      cpus_per_worker=t.cpus_per_worker, max_failures=t.max_failures,
                                      keep_checkpoints=t.keep_checkpoints)
-        t0 = time.perf_counter()
-        result = trainer.fit()
-        seconds = time.perf_counter() - t0
-        raise_if_stopped(export_dir, result, "train_dit", t.max_nonfinite, tracker)
-        if result.checkpoint is None:
-            raise RuntimeError(f"train_dit finished without a checkpoint: {result.error}")
+        result, seconds = fit_checked(trainer, export_dir, "train_dit", t.max_nonfinite, tracker)
         with result.checkpoint.as_directory() as d:
             export_ema(d, export_dir)
             final_state = json.loads((Path(d) / STATE_FILE).read_text())

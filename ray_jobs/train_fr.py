@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, TrainFRSection, to_dict
 from ray_jobs.tracking import mlflow_run, tracking_uri
-from ray_jobs.train_common import (TrainerParts, absolute_uri, clear_stopped, make_torch_trainer, raise_if_stopped,
+from ray_jobs.train_common import (TrainerParts, absolute_uri, clear_stopped, fit_checked, make_torch_trainer,
                                    run_worker_loop, worker_context)
 
 log = logging.getLogger(__name__)
@@ -182,12 +181,7 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
                                      storage=layout.ray_storage(cfg), num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      cpus_per_worker=t.cpus_per_worker, max_failures=t.max_failures,
                                      keep_checkpoints=t.keep_checkpoints)
-        t0 = time.perf_counter()
-        result = trainer.fit()
-        seconds = time.perf_counter() - t0
-        raise_if_stopped(export_dir, result, "train_fr", t.max_nonfinite, tracker)
-        if result.checkpoint is None:
-            raise RuntimeError(f"train_fr finished without a checkpoint: {result.error}")
+        result, seconds = fit_checked(trainer, export_dir, "train_fr", t.max_nonfinite, tracker)
         net, head = build_fr_parts(cfg, info.num_classes, info.identities, 1)
         with result.checkpoint.as_directory() as d:
             paths, _ = export_fr_model(d, net, head, info.identities, export_dir, {"run": cfg.run.name})

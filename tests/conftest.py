@@ -3,6 +3,10 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# tests/seam_stubs.py (plug-ins written against the seams) must be importable by Ray's worker processes,
+# which inherit this environment when a test starts the local Ray
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(autouse=True, scope="session")
