@@ -56,17 +56,19 @@ def _no_options(kind: str, spec: HeadSpec) -> None:
 
 
 HEADS: dict[str, str] = {
+    "gif": "fr.gif.token_head:build_gif_head",
     "partial_fc": "fr.head_registry:build_partial_fc_head",
     "softmax": "fr.head_registry:build_softmax_head",
 }
 
 
 def build_head(kind: str, spec: HeadSpec) -> ClassifierHead:
-    """The head ``kind`` built from ``spec``; ValueError listing the kinds for an unknown one."""
-    if kind not in HEADS:
-        raise ValueError(f"unknown train_fr.head {kind!r}; choose one of {sorted(HEADS)}")
-    module, function = HEADS[kind].split(":")
+    """The head ``kind`` built from ``spec``: a name in :data:`HEADS` or an import path
+    ``"package.module:factory"`` (a head of another package); ValueError listing the kinds for an unknown one."""
+    if kind not in HEADS and ":" not in kind:
+        raise ValueError(f"unknown train_fr.head {kind!r}; choose one of {sorted(HEADS)} (or 'module:factory')")
+    module, function = HEADS.get(kind, kind).split(":")
     head = getattr(importlib.import_module(module), function)(spec)
     if not isinstance(head, ClassifierHead):
-        raise TypeError(f"head factory {HEADS[kind]} returned {type(head).__name__}, not a ClassifierHead")
+        raise TypeError(f"head factory {HEADS.get(kind, kind)} returned {type(head).__name__}, not a ClassifierHead")
     return head
