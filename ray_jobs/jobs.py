@@ -21,7 +21,13 @@ _JOB_TARGETS = {
     "generate": ("generate", "run_generate"),
     "evaluate": ("evaluate", "run_evaluate"),
     "compare": ("compare", "run_compare"),
+    "build_codes": ("build_codes", "run_build_codes"),
+    "gif_collapse": ("build_codes", "run_gif_collapse"),
+    "distill": ("distill", "run_distill"),
+    "distill_sweep": ("distill_sweep", "run_distill_sweep"),
     "train_auggen": ("train_auggen", "run_train_auggen"),
+    "auggen_generate": ("auggen_generate", "run_auggen_generate"),
+    "auggen_search": ("auggen_search", "run_auggen_search"),
 }
 PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "compare", "evaluate"]
 

@@ -63,7 +63,7 @@ def head_spec(cfg: FacesynthConfig, num_classes: int, identities: list[str], wor
     t = cfg.train_fr
     options = dict(t.head_kwargs)
     if t.codes:
-        options["codes"] = t.codes
+        options["codes"] = str(Path(t.codes).resolve())  # workers run in another directory
     return HeadSpec(num_classes=num_classes, embedding_size=t.embedding_size,
                     margin=build_margin(t.margin, scale=t.margin_scale, margin=t.margin_m),
                     num_virtual=t.num_virtual, sample_rate=t.sample_rate, seed=cfg.run.seed, world_size=world,
