@@ -3,9 +3,9 @@
     python bench/before_after.py --before /path/to/old/checkout [--after .] --bench fr|dit [--repeats 2]
                                  [-- extra arguments for the bench]
 
-``fr`` runs ``bench/fr_train_throughput.py --order bare`` (the FR training step of each checkout in a
-plain process) and reads its median images/s; ``dit`` runs ``bench/dit_throughput.py --sizes tiny`` and
-reads the training step's images/s. Runs alternate before/after/after/before... so that drift of a
+``fr`` runs ``bench/fr_train_throughput.py --order bare,ray`` (the FR training step of each checkout in a
+plain process and in a Ray Train worker) and reads both median images/s; ``dit`` runs
+``bench/dit_throughput.py --sizes tiny`` and reads the training step's and the sampler's images/s. Runs alternate before/after/after/before... so that drift of a
 shared machine falls on both sides; each side's figure is the median of its runs, and the ratio is
 after / before. Prints a table and writes JSON (``--out``).
 """
@@ -26,20 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REPO_ROOT, format_table, machine_info, write_json  # noqa: E402
 
 BENCHES = {
-    "fr": (["bench/fr_train_throughput.py", "--order", "bare"], lambda r: r["median_images_per_s"]["bare"]),
+    "fr": (["bench/fr_train_throughput.py", "--order", "bare,ray"],
+           lambda r: {"step": r["median_images_per_s"]["bare"], "step in Ray Train": r["median_images_per_s"]["ray"]}),
     "dit": (["bench/dit_throughput.py", "--sizes", "tiny"],
-            lambda r: next(row["images_per_s"] for row in r["rows"] if row["what"] == "train step")),
+            lambda r: {row["what"]: row["images_per_s"] for row in r["rows"]}),
 }
 
 
-def run_once(checkout: Path, bench: str, extra: list[str]) -> float:
+def run_once(checkout: Path, bench: str, extra: list[str]) -> dict[str, float]:
     script, metric = BENCHES[bench]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         cmd = [sys.executable, *script, "--out", str(out), *extra]
         subprocess.run(cmd, cwd=checkout, check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "PYTHONPATH": str(checkout)})
-        return float(metric(json.loads(out.read_text())))
+        return {k: float(v) for k, v in metric(json.loads(out.read_text())).items()}
 
 
 def main() -> None:
@@ -59,19 +60,21 @@ def main() -> None:
     runs = []
     for side in order:
         t0 = time.perf_counter()
-        value = run_once(sides[side], args.bench, args.extra)
-        runs.append({"side": side, "images_per_s": value, "wall_s": time.perf_counter() - t0,
-                     "loadavg_1m": os.getloadavg()[0]})
-        print(f"{side}: {value:.4g} img/s", flush=True)
-    medians = {s: statistics.median(r["images_per_s"] for r in runs if r["side"] == s) for s in sides}
-    ratio = medians["after"] / medians["before"]
-    table = format_table(runs, [("side", "side", str), ("images_per_s", "img/s", "{:.4g}".format),
+        values = run_once(sides[side], args.bench, args.extra)
+        runs.append({"side": side, **values, "wall_s": time.perf_counter() - t0, "loadavg_1m": os.getloadavg()[0]})
+        print(f"{side}: " + ", ".join(f"{k} {v:.4g} img/s" for k, v in values.items()), flush=True)
+    keys = list(values)
+    medians = {s: {k: statistics.median(r[k] for r in runs if r["side"] == s) for k in keys} for s in sides}
+    ratios = {k: medians["after"][k] / medians["before"][k] for k in keys}
+    table = format_table(runs, [("side", "side", str), *((k, f"{k} img/s", "{:.4g}".format) for k in keys),
                                 ("wall_s", "wall s", "{:.0f}".format), ("loadavg_1m", "load 1m", "{:.2f}".format)])
-    print(f"\n{args.bench}: before {sides['before']} vs after {sides['after']}\n{table}\n"
-          f"median img/s before {medians['before']:.4g}, after {medians['after']:.4g}: after/before = {ratio:.3f}")
+    print(f"\n{args.bench}: before {sides['before']} vs after {sides['after']}\n{table}")
+    for k in keys:
+        print(f"{k}: median img/s before {medians['before'][k]:.4g}, after {medians['after'][k]:.4g}: "
+              f"after/before = {ratios[k]:.3f}")
     out = args.out or str(REPO_ROOT / f"bench/results/before_after_{args.bench}.json")
     write_json(out, {"benchmark": "before_after", "bench": args.bench, "sides": {k: str(v) for k, v in sides.items()},
-                     "extra": args.extra, "runs": runs, "median_images_per_s": medians, "after_over_before": ratio,
+                     "extra": args.extra, "runs": runs, "median_images_per_s": medians, "after_over_before": ratios,
                      "machine": machine_info("cpu")})
     print(f"wrote {out}")
 
