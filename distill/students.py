@@ -61,8 +61,10 @@ def _load_trunk(trunk: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"distill.student_checkpoint {path} not found")
-    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
-                                                                                    weights_only=True)
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     missing, unexpected = trunk.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from generation.conditions import condition_maps, sample_seeded, unit_to_images
+from generation.conditions import condition_maps, condition_prototypes, sample_seeded, unit_to_images
 from generation.dit import CONFIG_FILE, WEIGHTS_FILE, DiTConfig, load_dit
 from generation.generator import Generator, GeneratorError, read_model_config
 from generation.sampler import validate_sampling
@@ -46,8 +46,6 @@ class DiTGenerator(Generator):
                 "model_config": config.to_dict()}
 
     def sample(self, conditions: dict[str, np.ndarray], seeds: Sequence[int]) -> np.ndarray:
-        from generation.conditions import condition_prototypes
-
         self.check_conditions(conditions, seeds)
         protos = torch.as_tensor(np.asarray(conditions["prototype"], dtype=np.float32), device=self.device)
         if protos.ndim != 2 or protos.shape[1] != self.model.config.cond_dim:

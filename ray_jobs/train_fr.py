@@ -167,7 +167,7 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
     validate_fr_config(t, info.num_images)
     check_labels(data_dir, info.num_classes)
     bins = layout.verify_bins(cfg)
-    build_fr_parts(cfg, info.num_classes, info.identities, t.num_workers)  # a bad head/options fails here, not in a worker
+    build_head(t.head, head_spec(cfg, info.num_classes, info.identities, t.num_workers))  # bad head options fail here
     init_ray(cfg.ray)
     export_dir = layout.fr_export_dir(cfg).resolve()
     clear_stopped(export_dir)
