@@ -5,7 +5,7 @@ identity-leakage nearest-neighbour search at 1e4 / 1e5 embeddings, extrapolated 
 
 Embedding: the same toy shards (112px JPEG) and the same tiny evaluator (``iresnet_tiny``, 32px input,
 auto-resize, 512-d, flip test) through (a) ``evaluation.embed.embed_shards`` in one process and (b)
-``ray_jobs.evaluate.embed_shards_on_ray`` (decode + embed on an actor pool of ``--actors`` actors), twice.
+``ray_jobs.embedding_pass.embed_shards_on_ray`` (decode + embed on an actor pool of ``--actors`` actors), twice.
 All times include decoding; (b) includes starting the actor pool, as every job run pays it (run 1
 also starts Ray's worker processes). ``vs loop`` = loop time / this time (throughput ratio). The
 embeddings of (a) and (b) are compared (max abs difference).
@@ -120,7 +120,7 @@ def embedding_rows(num_images: int, actors: int, batch_size: int, threads: int) 
     from fr.data.toyfaces import ToyFaceConfig, iter_toy_records
     from ray_jobs.cluster import init_ray
     from ray_jobs.config import load_config
-    from ray_jobs.evaluate import EvaluatorFiles, embed_shards_on_ray
+    from ray_jobs.embedding_pass import EvaluatorFiles, embed_shards_on_ray
 
     torch.set_num_threads(threads)
     per_class = 20

@@ -48,3 +48,24 @@ def plot_spread_before_after(initial: np.ndarray, final: np.ndarray, path: PathL
     ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_code_usage(codes: np.ndarray, vocab: int, displaced_per_level: list[int] | None = None,
+                    path: PathLike | None = None) -> Figure:
+    """GIF code statistics per level j of the codes ``[N, l]``: how many identities carry each token
+    (tokens sorted by use; an even code tree is flat, unused tokens are the tail at 0), with the number of
+    tokens used of ``vocab`` and the identities moved by the balanced assignment (collisions) in the legend."""
+    codes = np.asarray(codes)
+    fig = new_figure(6.0, 3.8)
+    ax = fig.subplots()
+    for j in range(codes.shape[1]):
+        counts = np.sort(np.bincount(codes[:, j], minlength=vocab))[::-1]
+        moved = f", {displaced_per_level[j]} moved" if displaced_per_level is not None else ""
+        ax.plot(np.arange(vocab), counts, marker=".", label=f"level {j}: {int((counts > 0).sum())}/{vocab} used{moved}")
+    ax.set_xlabel("token (sorted by use)")
+    ax.set_ylabel("identities with the token")
+    ax.set_title(f"{codes.shape[0]} identity codes, l={codes.shape[1]}, K={vocab}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -66,7 +66,7 @@ class _AllGatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, group: dist.ProcessGroup | None) -> Tensor:  # type: ignore[override]
         ctx.group, ctx.rows = group, x.shape[0]
-        return torch.cat(_all_gather_plain(x, group))
+        return torch.cat(all_gather_plain(x, group))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -110,7 +110,7 @@ def _all_reduce_(t: Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | None) 
     return t
 
 
-def _all_gather_plain(t: Tensor, group: dist.ProcessGroup | None) -> list[Tensor]:
+def all_gather_plain(t: Tensor, group: dist.ProcessGroup | None) -> list[Tensor]:
     world, _ = _world(group)
     if world == 1:
         return [t]
@@ -212,7 +212,7 @@ class PartialFCHead(PrototypeHead):
         self.sampled_classes: Tensor | None = None  # global class ids used in the last forward
 
     def _check_equal_batch(self, batch: int, device: torch.device) -> None:
-        sizes = [int(s) for s in _all_gather_plain(torch.tensor([batch], device=device), self.group)]
+        sizes = [int(s) for s in all_gather_plain(torch.tensor([batch], device=device), self.group)]
         if len(set(sizes)) != 1:
             raise ValueError(
                 f"PartialFCHead: local batch sizes differ across ranks {sizes}; a fixed batch size per step is required"
@@ -249,7 +249,7 @@ class PartialFCHead(PrototypeHead):
         batch = embeddings.shape[0]
         self._check_equal_batch(batch, embeddings.device)
         feats = all_gather_rows(scale_grad(embeddings.float(), self.embedding_grad_scale), self.group)
-        all_labels = torch.cat(_all_gather_plain(labels, self.group))
+        all_labels = torch.cat(all_gather_plain(labels, self.group))
         feats, all_labels, norms, num_v = self.append_virtual(feats, all_labels, feats.detach().norm(dim=1))
         index, local_labels = self._select_classes(all_labels)
         weight = self.weight if index is None else self.weight[index]
@@ -280,7 +280,7 @@ class PartialFCHead(PrototypeHead):
         max_rows = max_rows[1] - max_rows[0]
         padded = local.detach().new_zeros((max_rows, *local.shape[1:]))
         padded[: self.num_local] = local.detach()
-        parts = _all_gather_plain(padded, self.group)
+        parts = all_gather_plain(padded, self.group)
         sizes = [e - s for s, e in (shard_range(self.num_classes, self.world_size, r) for r in range(self.world_size))]
         return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 

@@ -32,15 +32,6 @@ PRIVACY = "augmentation (derived from real identities): not privacy-free"
 WEIGHT_RANGE = (0.0, 2.0)  # alpha/beta accepted by the generate job (the search grid is within it)
 
 
-def auggen_model_dir(cfg: FacesynthConfig) -> Path:
-    return Path(cfg.auggen.generate.model) if cfg.auggen.generate.model else layout.model_dir(cfg, "auggen")
-
-
-def auggen_out_dir(cfg: FacesynthConfig) -> Path:
-    g = cfg.auggen.generate
-    return layout.dataset_dir(cfg, g.dataset_name or f"auggen_{g.which}")
-
-
 def search_best_file(cfg: FacesynthConfig) -> Path:
     return layout.report_dir(cfg, "auggen_search") / "best.json"
 
@@ -145,12 +136,12 @@ def generate_shards(cfg: FacesynthConfig, plan: dict[str, Any], model_dir: Path,
 
 def run_auggen_generate(cfg: FacesynthConfig) -> dict[str, Any]:
     g = cfg.auggen.generate
-    model_dir = auggen_model_dir(cfg)
+    model_dir = layout.auggen_model_dir(cfg)
     info_gen = read_generator_info(model_dir)
     if info_gen["kind"] != "auggen_edm2":
         raise ConfigError(f"auggen.generate.model {model_dir} is a {info_gen['kind']!r} generator, not auggen_edm2")
     plan = build_plan(cfg, model_dir)
-    out_dir = auggen_out_dir(cfg)
+    out_dir = layout.auggen_dataset_dir(cfg)
     record = {"which": g.which, "model": str(model_dir.resolve()), "seed": cfg.run.seed, "steps": g.steps,
               "guidance": g.guidance, "output_size": g.output_size, "rows_per_shard": g.rows_per_shard,
               "num_rows": int(len(plan["labels"])), "classes": plan["classes"]}
@@ -167,11 +158,45 @@ def run_auggen_generate(cfg: FacesynthConfig) -> dict[str, Any]:
         tracker.tags({"privacy": PRIVACY, "which": g.which})
         log.info("auggen_generate: %s -> %s (%d classes, %d images); %s", g.which, out_dir, info.num_classes,
                  info.num_images, PRIVACY)
-    result = {"out_dir": out_dir, "info": info}
-    if g.which == "repro" and g.evaluate:
-        result["top1"] = repro_top1(cfg, out_dir)
-        result["evaluate"] = evaluate_repro(cfg, out_dir)
+        result = {"out_dir": out_dir, "info": info}
+        log_review(cfg, tracker, plan, out_dir, info)
+        if g.which == "repro" and g.evaluate:  # inside the run: top-1 is logged here, evaluate nests under it
+            result["top1"] = repro_top1(cfg, out_dir)
+            tracker.metrics({f"repro/{k}": v for k, v in result["top1"].items() if isinstance(v, (int, float))})
+            tracker.artifact(out_dir.parent / "repro_top1.json", "auggen_generate")
+            result["evaluate"] = evaluate_repro(cfg, out_dir)
     return result
+
+
+def log_review(cfg: FacesynthConfig, tracker: Any, plan: dict[str, Any], out_dir: Path, info: Any) -> None:
+    """The figures a reader expects: a class grid of the set; for D_aug also each new class beside its
+    two sources (with alpha/beta) and the written set's m_s / m_d by M_orig (when that model exists)."""
+    from evaluation.dataset_plots import sample_grid
+
+    tracker.artifact(sample_grid(out_dir, out_dir.parent / f"grid_{cfg.auggen.generate.which}.png"), "auggen_generate")
+    if cfg.auggen.generate.which != "mixed":
+        return
+    from evaluation.auggen_review import mixed_class_figure, mixed_set_scores
+
+    extra = plan["extra"]
+    tracker.metrics({"alpha": extra["alpha"], "beta": extra["beta"]})
+    real_dir = Path(_trained_on(cfg))
+    real_size = read_dataset_json(real_dir).image_size
+    png = out_dir.parent / f"mixed_classes_a{extra['alpha']:g}_b{extra['beta']:g}.png"
+    tracker.artifact(mixed_class_figure(out_dir, real_dir, plan["classes"], info.image_size, real_size, png),
+                     "auggen_generate")
+    m_orig = Path(cfg.auggen.search.fr_backbone or layout.fr_backbone_prefix(cfg))
+    if not Path(f"{m_orig}.safetensors").is_file():
+        log.warning("auggen_generate: M_orig %s.safetensors not found: m_s/m_d of D_aug not logged", m_orig)
+        return
+    from fr.face_embedder import load_face_embedder
+
+    scores = mixed_set_scores(load_face_embedder(m_orig), out_dir, real_dir, plan["classes"], info.image_size,
+                              real_size)
+    tracker.metrics({f"mixed/{k}": v for k, v in scores.items()})
+    tracker.tags({"mixed.m_orig": str(m_orig)})
+    log.info("auggen_generate: D_aug m_s %.4f m_d %.4f m_total %.4f (M_orig %s)", scores["m_s"], scores["m_d"],
+             scores["m_total"], m_orig)
 
 
 def repro_evaluator(cfg: FacesynthConfig) -> Path:
@@ -206,7 +231,7 @@ def repro_top1(cfg: FacesynthConfig, out_dir: Path) -> dict[str, float]:
 
 
 def _trained_on(cfg: FacesynthConfig) -> str:
-    trained_on = json.loads((auggen_model_dir(cfg) / "config.json").read_text()).get("trained_on", "")
+    trained_on = json.loads((layout.auggen_model_dir(cfg) / "config.json").read_text()).get("trained_on", "")
     return trained_on or str(layout.real_dataset_dir(cfg))
 
 

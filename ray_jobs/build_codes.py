@@ -118,7 +118,12 @@ def run_build_codes(cfg: FacesynthConfig) -> dict:
         for rec in summary.get("homogenise_history", []):
             tracker.metrics({f"homogenise/{k}": v for k, v in rec.items() if k != "step"}, step=int(rec["step"]))
         tracker.metrics(flat_summary(summary))
-        from evaluation.minority_collapse_plots import plot_spread_before_after
+        from evaluation.minority_collapse_plots import plot_code_usage, plot_spread_before_after
+        from fr.gif.hier_codes import load_codes
+
+        book = load_codes(out)
+        plot_code_usage(book.codes, book.vocab, summary["codes"].get("displaced_per_level"), out / "code_usage.png")
+        tracker.artifact(out / "code_usage.png", "codes")
 
         if g.homogenise:
             fig_path = out / "code_vector_spread.png"

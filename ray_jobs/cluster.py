@@ -1,4 +1,11 @@
-"""The one Ray bootstrap: join ``RAY_ADDRESS`` (or ``ray.address``) if set, else start a local Ray."""
+"""The one Ray bootstrap: join ``RAY_ADDRESS`` (or ``ray.address``) if set, else start a local Ray.
+
+A plain ``ray.init()`` without an address joins whatever cluster Ray's temp directory names in its
+``ray_current_cluster`` file (the last ``ray start --head`` on this machine, live or long dead), where
+passing ``num_cpus`` then fails ("When connecting to an existing cluster, num_cpus and num_gpus must not
+be provided"). So a local job always starts its own Ray with ``address="local"``; joining the live local
+head is deliberate: ``ray.address=auto`` (or ``RAY_ADDRESS=auto``), or its address.
+"""
 from __future__ import annotations
 
 import logging
@@ -36,11 +43,13 @@ def init_ray(cfg: RaySection) -> dict:
     if ray.is_initialized():
         return ray.cluster_resources()
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
+    if address and address != "local":
         # joining a cluster: resources are the cluster's, never pass num_cpus/num_gpus
         ray.init(address=address, log_to_driver=True)
     else:
-        kwargs: dict = {"num_cpus": cfg.num_cpus or os.cpu_count() or 1, "include_dashboard": False}
+        # address="local": never the cluster a stale/live ray_current_cluster file names (module docstring)
+        kwargs: dict = {"address": "local", "num_cpus": cfg.num_cpus or os.cpu_count() or 1,
+                        "include_dashboard": False}
         if cfg.num_gpus >= 0:
             kwargs["num_gpus"] = cfg.num_gpus
         for key, value in LOCAL_TRAIN_ENV.items():  # inherited by the raylet's workers; a user's setting wins

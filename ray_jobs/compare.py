@@ -1,6 +1,7 @@
 """``compare``: VIGFace Tables 1-2 at any scale. Trains FR on (a) the real dataset, (b) the virtual-only
 synthetic dataset, (c) real + real-ID augmentation, (d) real + virtual + real-ID augmentation, and
-verifies all four on the same benchmarks. Missing synthetic datasets are generated first (both
+verifies all four on the same benchmarks; the part ``auggen`` is AugGen's D_aug (mixed new classes,
+``auggen_generate which=mixed``), so ``real+auggen`` is AugGen's real + augmented FR model. Missing synthetic datasets are generated first (both
 generation runs resume), mixes are merged by identity name (``fr.data.merge``), each FR run is an ordinary
 resumable ``train_fr`` run named ``<run.name>-cmp-<setting>``.
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fr.data.merge import merge_datasets
-from fr.data.shards import MANIFEST, read_dataset_json
+from fr.data.shards import MANIFEST, read_dataset_json, real_image_count
 from evaluation.report import format_compare_table
 from ray_jobs import layout
 from ray_jobs.config import FacesynthConfig, with_overrides
@@ -20,7 +21,7 @@ from ray_jobs.jobs import JOBS
 from ray_jobs.tracking import mlflow_run
 
 log = logging.getLogger(__name__)
-PARTS = {"real", "virtual", "realaug"}
+PARTS = {"real", "virtual", "realaug", "auggen"}
 
 
 def _setting_parts(setting: str) -> list[str]:
@@ -72,6 +73,13 @@ def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
         dirs["realaug"] = layout.generate_out_dir(acfg)
         if not (dirs["realaug"] / MANIFEST).exists():
             JOBS["generate"](acfg)
+    if "auggen" in needed:
+        gcfg = with_overrides(cfg, ["auggen.generate.which=mixed"])
+        dirs["auggen"] = Path(c.auggen) if c.auggen else layout.auggen_dataset_dir(gcfg)
+        if not (dirs["auggen"] / MANIFEST).exists():
+            if c.auggen:
+                raise FileNotFoundError(f"compare.auggen: {dirs['auggen']} has no {MANIFEST}")
+            JOBS["auggen_generate"](gcfg)
     return dirs
 
 
@@ -99,6 +107,7 @@ def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
             out = JOBS["train_fr"](sub)
             acc = {k: v for k, v in out["metrics"].items() if k.startswith("verify/")}
             results[setting] = {"dataset": str(train_dir), "images": info.num_images, "classes": info.num_classes,
+                                "real_images": real_image_count(train_dir), "train_seconds": out["seconds"],
                                 **acc}
             tracker.metrics({f"{key}/{k}": v for k, v in acc.items()})
         table = format_compare_table(results)

@@ -18,6 +18,7 @@ import yaml
 from ray_jobs.config_auggen import AugGenSection
 from ray_jobs.config_distill import DistillSection
 from ray_jobs.config_gif import GifSection
+from ray_jobs.config_pipeline import PipelineSection
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,9 @@ class RaySection:
     num_cpus: int = 0  # local Ray only; 0 = all cores of the machine
     num_gpus: int = -1  # local Ray only; -1 = autodetect
     task_cpus: float = 0.5  # CPUs per data-preparation task (fractional so tasks never starve a trainer)
+    # batch inference (embedding, generation) in the driver instead of Ray Data: auto (when Ray is local and
+    # the work is small, ray_jobs.local_path) | always | never
+    fast_local: str = "auto"
 
 
 @dataclass
@@ -126,6 +130,12 @@ class TrainDiTSection:
     lr: float = 1e-4
     weight_decay: float = 0.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema_decay, (1+n)/(10+n)) at update n (short runs; generation.ema)
+    # learning curve in MLflow: every eval_every steps (and at the end) the EMA DiT samples fixed probe rows
+    # (eval_identities real + as many virtual prototypes x 2 images, sample_steps / sample_guidance) and the
+    # INDEPENDENT evaluator (evaluate.evaluator, default the train_evaluator export) logs fidelity/*; 0 = off
+    eval_every: int = 0
+    eval_identities: int = 10
     id_weight: float = 0.1  # weight of ||f_FR(x0_hat) - w||^2; 0 = off
     cond_drop_prob: float = 0.1
     num_workers: int = 1
@@ -175,7 +185,7 @@ class GenerateSection:
 class EvaluateSection:
     datasets: list[str] = field(default_factory=list)  # shard directories to evaluate; empty: the generate output
     reference: str = ""  # real reference dataset (normalisation + leakage); empty: the train_fr dataset
-    evaluator: str = ""  # FR backbone prefix (safetensors + json) used for embeddings; empty: <output_dir>/fr/<run.name>/backbone
+    evaluator: str = ""  # FR backbone prefix (safetensors + json) used for embeddings; empty: the train_evaluator export
     evaluator_quality: str = ""  # CR-FIQA regressor safetensors for diversity; empty: beside the evaluator if present
     checkpoints: list[str] = field(default_factory=list)  # FR backbones to verify on verify_bins; empty: the train_fr export
     verify_bins: list[str] = field(default_factory=list)  # empty: the toy verify .bin(s)
@@ -186,6 +196,17 @@ class EvaluateSection:
     # default asks that synthetic identities be no closer to real people than real people are to each other.
     max_leak_fraction: float = 0.01
     sep_threshold: float = 0.3  # Vec2Face-style unique-identity threshold
+    # the privacy gate's rule: binomial = a one-sided binomial test of the leak count against the rate new
+    # people give (evaluation.gate_calibration; a set of new people fails with probability <= gate_alpha);
+    # fraction = the old rule, leak fraction <= max_leak_fraction (fails a clean set about half the time)
+    gate: str = "binomial"
+    gate_alpha: float = 0.01
+    # train_evaluator: the independent evaluator = train_fr with these overrides (another architecture, margin and
+    # seed than stage 1, no virtual prototypes), exported to <output_dir>/fr/<run.name>-evaluator/backbone (the
+    # default evaluate.evaluator)
+    evaluator_overrides: list[str] = field(default_factory=lambda: [
+        "train_fr.backbone=ir_se_tiny", "train_fr.margin=adaface", "train_fr.margin_m=0.4", "train_fr.num_virtual=0",
+        "run.seed=1"])
     batch_size: int = 256
     num_actors: int = 1
     gpus_per_actor: float = 0.0
@@ -203,6 +224,7 @@ class CompareSection:
     settings: list[str] = field(default_factory=lambda: ["real", "virtual", "real+realaug", "real+virtual+realaug"])
     real: str = ""  # real shard directory; empty: the train_fr dataset
     virtual: str = ""  # virtual synthetic dataset; empty: generated (if missing) as <virtual_name>
+    auggen: str = ""  # AugGen D_aug (part ``auggen``); empty: auggen_generate which=mixed's output (made if missing)
     virtual_name: str = "vigface_virtual_cmp"
     virtual_identities: int = 0  # 0 = every virtual prototype
     virtual_images_per_identity: int = 50
@@ -226,6 +248,7 @@ class FacesynthConfig:
     auggen: AugGenSection = field(default_factory=AugGenSection)
     distill: DistillSection = field(default_factory=DistillSection)
     gif: GifSection = field(default_factory=GifSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from distill.checkpoint import STATE_FILE, STUDENT_FILE, load_kd_checkpoint, sav
 from distill.kd_step import KDStep
 from distill.latent_stream import LatentStream
 from distill.resampling import check_mode
-from distill.students import build_student, save_student
+from distill.students import build_student, complexity, save_student
 from distill.teachers import check_teacher_fits, load_teacher
 from distill.verify import agreement_histogram_png, load_pairs, module_embed01, resample_grid, verify
 from fr.training import LRSchedule, set_lr
@@ -95,7 +95,8 @@ def train_loop(loop_config: dict) -> None:
         out = kd(batch, i)
         if rank == 0:
             cosines.append(2 * kd.last_agreement.cpu() - 1)
-        return {**out, **kd.times, "lr": schedule(i)}
+        # s_mean: the batch mean of step 1's agreement s = (1 + cos(e_T, e_S)) / 2 that drives the re-sampling
+        return {**out, **kd.times, "lr": schedule(i), "s_mean": kd.last_agreement.mean()}
 
     def periodic(i: int, last: bool) -> dict | None:
         extra: dict[str, float] = {}
@@ -135,6 +136,20 @@ def train_loop(loop_config: dict) -> None:
 # driver side
 
 
+def log_accuracy_curve(tracker: Any, teacher_metrics: dict[str, float], png: Path, mode: str, c: float) -> None:
+    """The student's verification accuracy over the steps (from the run's metric history) against the
+    teacher's on the same pairs, as one figure (``distill_model/accuracy_over_steps.png``)."""
+    from evaluation.curves import plot_curves
+
+    keys = [k for k in teacher_metrics if k.endswith("_accuracy")]
+    series = {k.replace("teacher_", "student "): tracker.history(k.replace("teacher_", "student_")) for k in keys}
+    if not any(series.values()):
+        return
+    plot_curves(series, png, {k.replace("teacher_", "teacher "): teacher_metrics[k] for k in keys},
+                title=f"SynthDistill {mode}, c={c:g}: verification accuracy", ylabel="accuracy (%)", scale=100)
+    tracker.artifact(png, "distill_model")
+
+
 def run_distill(cfg: FacesynthConfig) -> dict[str, Any]:
     d = cfg.distill
     checked = validate_distill_config(cfg)
@@ -169,8 +184,10 @@ def run_distill(cfg: FacesynthConfig) -> dict[str, Any]:
         save_student(student, export_dir / "student", extra={"distill": summary})
         (export_dir / "metrics.json").write_text(json.dumps({"summary": summary, "final": final, "state": state},
                                                             indent=1, default=float))
-        tracker.metrics({"train_seconds": seconds})
+        tracker.metrics({"train_seconds": seconds, **{f"student_{k}": v for k, v in
+                                                      complexity(student, d.student_input_size).items()}})
         for name in ("student.json", "metrics.json"):
             tracker.artifact(export_dir / name, "distill_model")
+        log_accuracy_curve(tracker, teacher_metrics, export_dir / "accuracy_over_steps.png", d.mode, d.c)
         log.info("distill: %s (%s, c=%g) in %.1f s; exported to %s", student.name, d.mode, d.c, seconds, export_dir)
         return {"summary": summary, "export_dir": export_dir, "metrics": final}

@@ -2,9 +2,11 @@
 
 One driver function trainable per trial (a tiny CPU share) runs the ``distill`` job (through
 ``ray_jobs.jobs.JOBS``) on the trial's config, which builds and fits its own TorchTrainer; the trial
-reports the student's verification accuracy. MLflow: a parent run with one nested run per trial
-(``MLflowLoggerCallback``); each trial's distill job also logs its own full run (losses, grids).
-Results table and accuracy-vs-c plot in ``layout.report_dir(cfg, "distill_sweep")``.
+reports the student's verification accuracy. MLflow: a parent run (results table, accuracy-vs-c plot)
+with one nested run per trial: the trial's own ``distill`` run (its config as params, so ``distill.mode``,
+``distill.c`` and ``run.seed``; losses, agreement, accuracies, grids), opened under the parent with
+``tracking.nested_under``. Tune's ``MLflowLoggerCallback`` is not used here: it would add a second,
+metrics-only run per trial beside the distill run. Results in ``layout.report_dir(cfg, "distill_sweep")``.
 """
 from __future__ import annotations
 
@@ -17,25 +19,29 @@ from distill.resampling import check_mode
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, from_dict, to_dict, with_overrides
-from ray_jobs.tracking import mlflow_run, tracking_uri
+from ray_jobs.tracking import mlflow_run, nested_under
 
 log = logging.getLogger(__name__)
 JOB = "distill_sweep"
 
 
 def trial_overrides(cfg: FacesynthConfig, mode: str, c: float, seed: int) -> list[str]:
+    # a trial is renamed, so the sweep's teacher (by default the stage-1 export of the sweep's run.name) is pinned
+    teacher = cfg.distill.teacher or str(layout.fr_backbone_prefix(cfg).resolve())
     return [*cfg.distill.sweep.overrides, f"distill.mode={mode}", f"distill.c={c}", f"run.seed={seed}",
-            f"run.name={cfg.run.name}-{mode}-c{c:g}-s{seed}"]
+            f"distill.teacher={teacher}", f"run.name={cfg.run.name}-{mode}-c{c:g}-s{seed}"]
 
 
-def distill_trial(config: dict, base: dict) -> None:
-    """Tune driver trainable: the distill job on this trial's config; reports the student's metrics."""
+def distill_trial(config: dict, base: dict, parent_run_id: str | None = None) -> None:
+    """Tune driver trainable: the distill job on this trial's config (its MLflow run nested under the
+    sweep's ``parent_run_id``); reports the student's metrics."""
     from ray import tune
 
     from ray_jobs.jobs import JOBS
 
     cfg = with_overrides(from_dict(base), trial_overrides(from_dict(base), config["mode"], config["c"], config["seed"]))
-    out = JOBS["distill"](cfg)
+    with nested_under(parent_run_id):
+        out = JOBS["distill"](cfg)
     summary = out["summary"] if isinstance(out, dict) else {}
     tune.report({k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
@@ -43,7 +49,6 @@ def distill_trial(config: dict, base: dict) -> None:
 def run_distill_sweep(cfg: FacesynthConfig) -> dict[str, Any]:
     import ray
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     s = cfg.distill.sweep
     for m in s.modes:
@@ -62,17 +67,14 @@ def run_distill_sweep(cfg: FacesynthConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     name = f"{cfg.run.name}-{JOB}"
     with mlflow_run(cfg, JOB) as tracker:
-        callbacks = []
-        if tracker.run_id:
-            callbacks.append(MLflowLoggerCallback(tracking_uri(cfg), experiment_name=cfg.mlflow.experiment,
-                                                  tags={"mlflow.parentRunId": tracker.run_id, "job": "distill_trial"}))
-        trainable = tune.with_resources(tune.with_parameters(distill_trial, base=to_dict(cfg)), {"cpu": s.driver_cpus})
+        trainable = tune.with_resources(tune.with_parameters(distill_trial, base=to_dict(cfg),
+                                                             parent_run_id=tracker.run_id), {"cpu": s.driver_cpus})
         tuner = tune.Tuner(
             trainable,
             param_space={"mode": tune.grid_search(list(s.modes)), "c": tune.grid_search([float(c) for c in s.cs]),
                          "seed": tune.grid_search([int(x) for x in s.seeds])},
             tune_config=tune.TuneConfig(max_concurrent_trials=s.max_concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(layout.ray_storage(cfg)), callbacks=callbacks))
+            run_config=tune.RunConfig(name=name, storage_path=str(layout.ray_storage(cfg))))
         grid = tuner.fit()
         results = [{"mode": r.config["mode"], "c": r.config["c"], "seed": r.config["seed"], **r.metrics}
                    for r in grid if r.error is None and r.metrics]
@@ -87,5 +89,10 @@ def run_distill_sweep(cfg: FacesynthConfig) -> dict[str, Any]:
         png = accuracy_vs_c_png(results, metric, out / "accuracy_vs_c.png", teacher)
         for p in (out / "results.md", out / "results.json", png):
             tracker.artifact(p, JOB)
+        if metric:
+            best = max(results, key=lambda r: r[metric])
+            tracker.metrics({f"best_{metric}": best[metric], "best_c": best["c"], "trials": len(results),
+                             "failed_trials": failed})
+            tracker.tags({"best_mode": str(best["mode"])})
         log.info("distill_sweep: %d trials, %d failed\n%s", len(results), failed, table)
         return {"results": results, "report_dir": out, "metric": metric, "failed": failed}

@@ -26,7 +26,10 @@ import torch
 from evaluation.dataset_report import analyse_datasets
 from evaluation.embed import check_evaluator_fits, load_evaluator
 from evaluation.evaluated_set import display_name
-from evaluation.report import flat_metrics, format_summary_table, format_verification_table, json_safe
+from evaluation.generation_fidelity import format_fidelity
+from evaluation.independent_evaluator import dataset_real_id_fidelity
+from evaluation.report import (flat_metrics, format_summary_table, format_verification_table, json_safe,
+                               metric_name)
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig
@@ -140,6 +143,10 @@ def run_evaluate(cfg: FacesynthConfig) -> dict[str, Any]:
                                     cfg.run.seed, files.prototypes, where={n: w for n, (_, w) in named.items()},
                                     context={"evaluator": str(files.backbone)})
         summaries, figures = analysis.summaries, analysis.figures
+        for name, ds in sets.items():  # real-ID fidelity by the evaluator (its class means of the real images)
+            fidelity = dataset_real_id_fidelity(ds, sets[ref_name]) if name != ref_name and ds.synthetic.any() else None
+            if fidelity is not None:
+                summaries[name]["real_id_fidelity"] = fidelity
         verification = verify_checkpoints(cfg, out)
         figures += sorted((out / "verification").glob("*/*.png"))
 
@@ -149,15 +156,22 @@ def run_evaluate(cfg: FacesynthConfig) -> dict[str, Any]:
             "datasets": {n: {"path": str(sets[n].path), **s} for n, s in summaries.items()},
             "verification": verification, "embedding_cache": cache,
             "settings": {k: getattr(cfg.evaluate, k) for k in ("leakage_mode", "leakage_quantile",
-                                                               "max_leak_fraction", "sep_threshold")},
+                                                               "gate", "gate_alpha", "max_leak_fraction",
+                                                               "sep_threshold")},
             "figures": [str(p.relative_to(out)) for p in figures],
         })
         (out / "report.json").write_text(json.dumps(report, indent=1))
         tracker.metrics(flat_metrics(summaries, verification))
+        tracker.metrics({metric_name(n, "real_id_fidelity", k): float(v) for n, s in summaries.items()
+                         for k, v in s.get("real_id_fidelity", {}).items() if v == v})  # v == v: not NaN
         for p in figures:
             tracker.artifact(p, "evaluate/" + str(p.parent.relative_to(out)) if p.parent != out else "evaluate")
         tracker.artifact(out / "report.json", "evaluate")
         table = format_summary_table(summaries, ref_name)
+        fid = {n: s["real_id_fidelity"] for n, s in summaries.items() if "real_id_fidelity" in s}
+        if fid:
+            table += "\n\n" + format_fidelity(fid, f"real-ID fidelity by the evaluator {files.backbone} "
+                                                    "(own = its class mean of the real images)")
         if verification:
             table += "\n\n" + format_verification_table(verification)
         print(table, flush=True)

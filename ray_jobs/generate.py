@@ -26,6 +26,7 @@ from generation.sampler import validate_sampling
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, GenerateSection, to_dict
+from ray_jobs.errors import InputError
 from ray_jobs.privacy_check import log_privacy_verdict, run_privacy_check
 from ray_jobs.shard_stream import ActorPool, check_plan_file, stream_plan_to_shards
 from ray_jobs.tracking import Tracker, mlflow_run
@@ -61,7 +62,10 @@ def load_condition_landmarks(cfg: FacesynthConfig, model_size: int) -> tuple[np.
 
 
 def validate_generate_section(g: GenerateSection) -> None:
-    validate_sampling(g.steps, g.guidance, g.eta)
+    try:
+        validate_sampling(g.steps, g.guidance, g.eta)
+    except ValueError as exc:  # its messages start with the parameter's name: name the config key
+        raise InputError(f"generate.{exc}") from exc
     for key in ("batch_size", "num_actors", "rows_per_shard"):
         if getattr(g, key) < 1:
             raise ConditionError(f"generate.{key} must be >= 1, got {getattr(g, key)}")
@@ -113,8 +117,8 @@ def generate_shards(cfg: FacesynthConfig, inputs: dict[str, Any], out_dir: Path,
                "prototypes_prefix": str(layout.generate_prototypes_prefix(cfg).resolve()),
                "landmark_sets": inputs["landmarks"], "output_size": inputs["output_size"],
                "steps": g.steps, "guidance": g.guidance, "eta": g.eta}
-    pool = ActorPool(g.num_actors, g.batch_size, g.gpus_per_actor, g.cpus_per_actor, cfg.ray.task_cpus)
-    return stream_plan_to_shards(inputs["plan"], sampler, out_dir, g.rows_per_shard, pool, tracker)
+    pool = ActorPool(g.num_actors, g.batch_size, g.gpus_per_actor, g.cpus_per_actor)
+    return stream_plan_to_shards(inputs["plan"], sampler, out_dir, g.rows_per_shard, pool, tracker, ray_cfg=cfg.ray)
 
 
 def run_generate(cfg: FacesynthConfig) -> DatasetInfo:
@@ -132,8 +136,7 @@ def run_generate(cfg: FacesynthConfig) -> DatasetInfo:
                 _privacy_check(cfg, out_dir, tracker)
             info = read_dataset_json(out_dir)
         return info
-    init_ray(cfg.ray)
-    with mlflow_run(cfg, "generate") as tracker:
+    with mlflow_run(cfg, "generate") as tracker:  # Ray starts in stream_plan_to_shards if it takes Ray Data
         t0 = time.perf_counter()
         stats = generate_shards(cfg, inputs, out_dir, tracker)
         seconds = time.perf_counter() - t0
@@ -164,5 +167,5 @@ def run_generate(cfg: FacesynthConfig) -> DatasetInfo:
 def _privacy_check(cfg: FacesynthConfig, out_dir: Path, tracker: Tracker) -> dict:
     """Identity-leakage check against the real dataset; the verdict goes into dataset.json and MLflow."""
     verdict = run_privacy_check(cfg, out_dir, tracker)
-    log_privacy_verdict(verdict, cfg.evaluate.max_leak_fraction, tracker)
+    log_privacy_verdict(verdict, tracker)
     return verdict

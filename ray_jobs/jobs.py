@@ -1,4 +1,4 @@
-"""The job registry: name -> function(config). ``pipeline`` runs the end-to-end chain on one config.
+"""The job registry: name -> function(config). ``pipeline`` (``ray_jobs.pipeline``) runs every method's stages.
 
 Each job's module is imported only when the job runs, so the CLI starts fast and a job never pays
 for another's imports.
@@ -6,17 +6,15 @@ for another's imports.
 from __future__ import annotations
 
 import importlib
-import logging
 from typing import Any, Callable
 
 from ray_jobs.config import FacesynthConfig
-
-log = logging.getLogger(__name__)
 
 # job name -> (module in ray_jobs, function taking the config)
 _JOB_TARGETS = {
     "prepare": ("prepare", "run_prepare"),
     "train_fr": ("train_fr", "run_train_fr"),
+    "train_evaluator": ("train_evaluator", "run_train_evaluator"),
     "train_dit": ("train_dit", "run_train_dit"),
     "generate": ("generate", "run_generate"),
     "evaluate": ("evaluate", "run_evaluate"),
@@ -28,8 +26,8 @@ _JOB_TARGETS = {
     "train_auggen": ("train_auggen", "run_train_auggen"),
     "auggen_generate": ("auggen_generate", "run_auggen_generate"),
     "auggen_search": ("auggen_search", "run_auggen_search"),
+    "pipeline": ("pipeline", "pipeline"),
 }
-PIPELINE = ["prepare", "train_fr", "train_dit", "generate", "compare", "evaluate"]
 
 
 def _lazy(module: str, function: str) -> Callable[[FacesynthConfig], Any]:
@@ -40,12 +38,4 @@ def _lazy(module: str, function: str) -> Callable[[FacesynthConfig], Any]:
     return run
 
 
-def pipeline(cfg: FacesynthConfig) -> None:
-    """Every stage that exists, in order, on one config (the README's main command)."""
-    for name in PIPELINE:
-        log.info("pipeline: stage %s", name)
-        JOBS[name](cfg)
-
-
-JOBS: dict[str, Callable[[FacesynthConfig], Any]] = {
-    **{name: _lazy(*target) for name, target in _JOB_TARGETS.items()}, "pipeline": pipeline}
+JOBS: dict[str, Callable[[FacesynthConfig], Any]] = {name: _lazy(*target) for name, target in _JOB_TARGETS.items()}

@@ -114,6 +114,19 @@ def evaluate_reference_dir(cfg: FacesynthConfig) -> Path:
     return Path(cfg.evaluate.reference or cfg.train_dit.dataset or real_dataset_dir(cfg))
 
 
+def evaluator_run_name(cfg: FacesynthConfig) -> str:
+    """The run name ``train_evaluator`` trains the independent evaluator under: ``<run.name>-evaluator``."""
+    return f"{cfg.run.name}-evaluator"
+
+
+def evaluator_prefix(cfg: FacesynthConfig) -> Path:
+    """The evaluator FR backbone prefix: ``evaluate.evaluator``, else the ``train_evaluator`` export
+    ``<output_dir>/fr/<run.name>-evaluator/backbone`` (a model that played no part in the generator)."""
+    if cfg.evaluate.evaluator:
+        return Path(cfg.evaluate.evaluator)
+    return run_root(cfg) / "fr" / evaluator_run_name(cfg) / "backbone"
+
+
 def evaluate_report_dir(cfg: FacesynthConfig) -> Path:
     return report_dir(cfg, "evaluate")
 
@@ -124,3 +137,19 @@ def privacy_report_dir(cfg: FacesynthConfig, dataset_name: str) -> Path:
 
 def compare_report_dir(cfg: FacesynthConfig) -> Path:
     return report_dir(cfg, "compare")
+
+
+def auggen_model_dir(cfg: FacesynthConfig) -> Path:
+    """The AugGen generator: ``auggen.generate.model``, else the ``train_auggen`` export."""
+    return Path(cfg.auggen.generate.model) if cfg.auggen.generate.model else model_dir(cfg, "auggen")
+
+
+def auggen_dataset_dir(cfg: FacesynthConfig) -> Path:
+    """Where ``auggen_generate`` writes: ``auggen.generate.dataset_name``, else ``auggen_<which>``."""
+    g = cfg.auggen.generate
+    return dataset_dir(cfg, g.dataset_name or f"auggen_{g.which}")
+
+
+def pipeline_report_dir(cfg: FacesynthConfig) -> Path:
+    """The pipeline's stage record (``state.json``) and its summary."""
+    return report_dir(cfg, "pipeline")

@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 def leakage_settings(cfg: FacesynthConfig) -> LeakageSettings:
     e = cfg.evaluate
-    return LeakageSettings(e.leakage_mode, e.leakage_quantile, e.max_leak_fraction, e.query_chunk, e.key_chunk)
+    try:
+        return LeakageSettings(e.leakage_mode, e.leakage_quantile, e.max_leak_fraction, e.query_chunk, e.key_chunk,
+                               gate=e.gate, alpha=e.gate_alpha)
+    except ValueError as exc:
+        raise ValueError(f"config: {exc}") from exc
 
 
 def run_privacy_check(cfg: FacesynthConfig, synthetic_dir: str | Path, tracker: Tracker) -> dict[str, Any]:
@@ -57,10 +61,16 @@ def run_privacy_check(cfg: FacesynthConfig, synthetic_dir: str | Path, tracker: 
     return verdict
 
 
-def log_privacy_verdict(verdict: dict[str, Any], max_leak_fraction: float, tracker: Tracker) -> None:
+def log_privacy_verdict(verdict: dict[str, Any], tracker: Tracker) -> None:
     """The verdict in the log (a warning when it fails) and as the MLflow tag ``privacy``."""
     status = "PASSED (privacy-free)" if verdict["passed"] else f"FAILED ({verdict['reason']}: not privacy-free)"
+    if verdict.get("gate") == "binomial":
+        gate = (f"binomial gate: at most {verdict['max_passing_leaks']} leaking identities pass, new people "
+                f"lie above the level at rate {verdict['expected_rate']:.4f}, alpha {verdict['alpha']:g}")
+    else:
+        gate = f"fraction gate {100 * verdict['max_leak_fraction']:.1f}%"
     log.log(logging.INFO if verdict["passed"] else logging.WARNING,
-            "privacy check %s: %.1f%% of synthetic identities above the real nearest-negative level %.3f "
-            "(gate %.1f%%)", status, 100 * verdict["leak_fraction"], verdict["real_level"], 100 * max_leak_fraction)
+            "privacy check %s: %d of %d synthetic identities (%.1f%%) above the real nearest-negative level %.3f (%s)",
+            status, verdict["num_leaking_identities"], verdict["num_identities"], 100 * verdict["leak_fraction"],
+            verdict["real_level"], gate)
     tracker.tags({"privacy": "passed" if verdict["passed"] else "failed"})

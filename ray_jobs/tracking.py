@@ -1,4 +1,10 @@
-"""The one tracking helper: every job is an MLflow run (SQLite store by default)."""
+"""The one tracking helper: every job is an MLflow run (SQLite store by default).
+
+Experiments are created as model-training experiments (tag :data:`EXPERIMENT_KIND_TAG` =
+``custom_model_development``); a sweep is a parent run whose trials are nested runs: either runs that a
+job opens while the parent is active (``nested``), or, in another process (a Tune trial), runs opened
+inside :func:`nested_under` with the parent's id.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +17,11 @@ from ray_jobs.config import FacesynthConfig, flatten, to_dict
 
 log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
+# MLflow 3.x: the experiment kind the UI offers (GenAI traces vs. model training); the value is MLflow's
+# ExperimentKind.CUSTOM_MODEL_DEVELOPMENT (the web app's "Machine learning" kind, landing on "Runs").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+_PARENT_RUN: list[str] = []  # set by nested_under(): the parent of runs started with no active run
 
 
 def tracking_uri(cfg: FacesynthConfig) -> str:
@@ -53,19 +64,56 @@ class Tracker:
 
         mlflow.set_tags(values)
 
+    def history(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every logged value of metric ``key`` in this run (also those logged by workers)."""
+        if self.run is None:
+            return []
+        import mlflow
 
-def _ensure_experiment(uri: str, name: str) -> None:
-    """Select the experiment; a new one on a SQLite store keeps its artifacts in ``mlartifacts/`` beside
-    the database file (not in ``./mlruns`` of whatever directory the job ran in)."""
+        points = mlflow.MlflowClient().get_metric_history(self.run_id, key)
+        return sorted((int(m.step), float(m.value)) for m in points)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create (or select) the experiment ``name`` as a model-training experiment; returns its id.
+
+    A new one gets the kind tag; an existing one without a kind gets it too (an explicitly set kind is
+    kept). On a SQLite store a new experiment keeps its artifacts in ``mlartifacts/`` beside the database
+    file (not in ``./mlruns`` of whatever directory the job ran in).
+    """
     import mlflow
 
-    if mlflow.get_experiment_by_name(name) is None and uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):]).resolve()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
         try:
-            mlflow.create_experiment(name, artifact_location=(db.parent / "mlartifacts").as_uri())
+            client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:
             pass  # created concurrently by another process
-    mlflow.set_experiment(name)
+        experiment = client.get_experiment_by_name(name)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment.experiment_id
+
+
+@contextlib.contextmanager
+def nested_under(parent_run_id: str | None) -> Iterator[None]:
+    """Runs that :func:`mlflow_run` starts inside this block, with no active run in this process, become
+    nested runs of ``parent_run_id`` (a sweep's parent, started in the driver; this block runs in a trial
+    process). ``None``: no effect."""
+    if not parent_run_id:
+        yield
+        return
+    _PARENT_RUN.append(parent_run_id)
+    try:
+        yield
+    finally:
+        _PARENT_RUN.pop()
 
 
 @contextlib.contextmanager
@@ -77,10 +125,12 @@ def mlflow_run(cfg: FacesynthConfig, job: str) -> Iterator[Tracker]:
     import mlflow
 
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    _ensure_experiment(uri, cfg.mlflow.experiment)
-    # a job started inside another job's run (compare -> train_fr) becomes its nested child run
-    with mlflow.start_run(run_name=f"{cfg.run.name}-{job}", nested=mlflow.active_run() is not None) as run:
+    ensure_experiment(uri, cfg.mlflow.experiment)
+    # a job started inside another job's run (compare -> train_fr) becomes its nested child run; one started
+    # in a sweep's trial process inside nested_under() a child of the sweep's parent run
+    active = mlflow.active_run() is not None
+    parent = _PARENT_RUN[-1] if _PARENT_RUN and not active else None
+    with mlflow.start_run(run_name=f"{cfg.run.name}-{job}", nested=active, parent_run_id=parent) as run:
         params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
         mlflow.log_params(params)
         mlflow.set_tags({"job": job, "run_name": cfg.run.name})

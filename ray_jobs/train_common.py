@@ -17,12 +17,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ray_jobs.cluster import local_without_dashboard
+from ray_jobs.errors import debug_enabled
+from ray_jobs.progress import ProgressLine, format_value
 
 PG_CLEANER_CALLBACK = "PlacementGroupCleanerCallback"
+# Ray Train's own console lines at INFO (worker group start-up, "Checkpoint successfully created at: ...",
+# process-group set-up) are for Ray developers: the terminal shows WARNING and up (failures, restarts,
+# hangs) unless --debug / FACESYNTH_DEBUG=1. Its log files under the Ray session keep everything.
+RAY_TRAIN_LOG_LEVEL, RAY_TRAIN_DEBUG_LOG_LEVEL = "WARNING", "INFO"
+# ray.train.v2 logs "Reporting training result N: TrainingReport(...)" (every metric and the checkpoint path
+# of every ray.train.report) at INFO from a worker thread through a logger named by its *file path*, so
+# the level above does not reach it; worker_context quiets that logger by name.
+REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
+# the metrics a progress line names first; the others follow in brackets
+PROGRESS_FIRST = ("loss",)
 STOPPED_FILE = "stopped_nonfinite.json"  # written into the export dir when a run stops on non-finite losses
 log = logging.getLogger(__name__)
 
@@ -45,6 +57,7 @@ def worker_context(loop_config: dict[str, Any], section: str) -> WorkerContext:
 
     from ray_jobs.config import from_dict
 
+    quiet_report_logger()
     cfg = from_dict(loop_config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -52,6 +65,15 @@ def worker_context(loop_config: dict[str, Any], section: str) -> WorkerContext:
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     logger = WorkerMetricsLogger(loop_config["tracking_uri"], loop_config["run_id"], rank == 0 and cfg.mlflow.enabled)
     return WorkerContext(cfg, rank, world, device, logger)
+
+
+def quiet_report_logger() -> None:
+    """Inside a Ray Train worker: drop the per-report INFO dump (:data:`REPORT_LOGGER_MODULE`) unless debugging."""
+    import importlib
+
+    if not debug_enabled():
+        path = importlib.import_module(REPORT_LOGGER_MODULE).__file__
+        logging.getLogger(path).setLevel(logging.WARNING)
 
 
 class LocalTorchTrainer(TorchTrainer):
@@ -80,7 +102,9 @@ def make_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any]
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+                             logging_config=LoggingConfig(RAY_TRAIN_DEBUG_LOG_LEVEL if debug_enabled()
+                                                          else RAY_TRAIN_LOG_LEVEL)),
     )
 
 
@@ -186,6 +210,15 @@ def _inject_fault(section: Any, step: int, rank: int, export_dir: Path, job: str
             raise RuntimeError(f"fault injection: worker fails at step {step} ({job}.fail_at_step)")
 
 
+def progress_line(progress: ProgressLine, step: int, metrics: dict[str, float]) -> str:
+    """``<job>: step n/N  loss x  y img/s  elapsed  ETA  (other metrics)``."""
+    first = [f"{k} {format_value(metrics[k])}" for k in PROGRESS_FIRST if k in metrics]
+    rest = " ".join(f"{k}={format_value(v)}" for k, v in metrics.items()
+                    if k not in PROGRESS_FIRST and k != "images_per_s")
+    line = progress(step, *first, f"{metrics.get('images_per_s', 0.0):.3g} img/s")
+    return f"{line}  ({rest})" if rest else line
+
+
 def run_worker_loop(wc: "WorkerContext", parts: TrainerParts, section: Any, export_dir: str | Path,
                     job: str) -> dict[str, Any]:
     """Run ``parts`` inside a Ray Train worker until ``total_steps``; returns the final state.
@@ -207,6 +240,7 @@ def run_worker_loop(wc: "WorkerContext", parts: TrainerParts, section: Any, expo
         parts.start(state)
     step = state["step"]
     t_log, n_log = time.perf_counter(), 0
+    progress = ProgressLine(job, parts.total_steps, "step", start=step)
     metrics: dict[str, float] = {}
 
     def save(final: bool) -> None:
@@ -244,8 +278,7 @@ def run_worker_loop(wc: "WorkerContext", parts: TrainerParts, section: Any, expo
                            "epoch": step / parts.steps_per_epoch, "nonfinite_total": parts.nonfinite_total()}
                 t_log, n_log = time.perf_counter(), 0
                 if rank == 0:
-                    log.info("step %d/%d %s", step, parts.total_steps,
-                             " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                    log.info(progress_line(progress, step, metrics))
                     wc.logger.metrics(metrics, step)
             t_pause = time.perf_counter()
             if rank == 0 and parts.periodic is not None:

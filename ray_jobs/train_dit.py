@@ -6,7 +6,8 @@ PyTorch from ``generation`` (iteration-based: ``max_steps`` steps of the global 
 every ``checkpoint_every`` steps hold model, EMA, AdamW and the step (which fixes the data position);
 rerunning the same ``run.name`` resumes from the latest one and ``FailureConfig`` restarts failed
 workers from it. Rank 0 logs loss terms and images/s, and at ``sample_every`` steps and at the end a
-grid of EMA samples. The driver exports the EMA DiT to ``<run.output_dir>/dit/<run.name>/``.
+grid of EMA samples; with ``eval_every`` > 0 also the learning curve ``fidelity/*`` of fixed probe samples
+measured by the independent evaluator (``evaluation.independent_evaluator``). The driver exports the EMA DiT to ``<run.output_dir>/dit/<run.name>/``.
 """
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ import torch
 
 from fr.backbones import load_backbone
 from fr.prototypes import load_prototypes
-from fr.data.shards import read_dataset_json
+from fr.data.shards import list_shards, read_dataset_json
+from evaluation.embed import load_evaluator, read_shard_faces
+from evaluation.independent_evaluator import FidelityProbe, flat_fidelity
 from fr.training import GlobalBatchOrder, NonFiniteGuard
 from generation.checkpoint import STATE_FILE, export_ema, load_dit_checkpoint, save_dit_checkpoint, weights_sha1
 from generation.conditions import condition_prototypes, grid_conditions
 from generation.dit import DiT, DiTConfig, dit_config
+from generation.dit_probe import probe_rows, sample_rows
 from generation.ema import EMA
 from generation.sampler import validate_sampling
 from generation.trainer_step import (DiTInputError, DiTShardDataset, check_dit_inputs, check_fr_backbone,
@@ -73,7 +77,14 @@ def validate_dit_config(cfg: FacesynthConfig) -> dict[str, Any]:
         # the architecture stage 1 trained; BackboneMismatchError for a checkpoint of another one
         backbone = load_backbone(layout.dit_backbone_prefix(cfg), expected_name=cfg.train_fr.backbone)
         check_fr_backbone(backbone, model_cfg.cond_dim, model_cfg.image_size)
-    return {"data_dir": data_dir, "info": info, "model_config": model_cfg, "prototypes": protos}
+    evaluator = layout.evaluator_prefix(cfg).resolve()
+    if t.eval_every < 0 or t.eval_identities < 1:
+        raise DiTInputError("train_dit.eval_every must be >= 0 and train_dit.eval_identities >= 1")
+    if t.eval_every and not Path(str(evaluator) + ".safetensors").is_file():
+        raise DiTInputError(f"train_dit.eval_every: the independent evaluator {evaluator}.safetensors is missing "
+                            "(evaluate.evaluator; the default is made by `python -m ray_jobs train_evaluator`)")
+    return {"data_dir": data_dir, "info": info, "model_config": model_cfg, "prototypes": protos,
+            "evaluator": evaluator}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,6 +101,14 @@ def _grid_png(ema_model: DiT, proto_rows: np.ndarray, landmarks: np.ndarray, lab
     return path
 
 
+def _fidelity_probe(loop_config: dict, num_real: int, device: torch.device) -> FidelityProbe:
+    """The independent evaluator with its class means of the real training images (rank 0, eval_every > 0)."""
+    faces, labels = zip(*(read_shard_faces(p, loop_config["dataset_image_size"])
+                          for p in list_shards(loop_config["dataset_dir"])))
+    evaluator = load_evaluator(loop_config["evaluator"], None, True, device)
+    return FidelityProbe(evaluator, np.concatenate(faces), np.concatenate(labels), num_real)
+
+
 def train_loop(loop_config: dict) -> None:
     """One Ray Train worker: build the DiT parts, hand the step and its state to the skeleton."""
     wc = worker_context(loop_config, "train_dit")
@@ -103,7 +122,7 @@ def train_loop(loop_config: dict) -> None:
     protos = load_prototypes(loop_config["prototypes"])
     cond = condition_prototypes(protos.weight).to(device)
     model = DiT(model_cfg).to(device)
-    ema = EMA(model, t.ema_decay)
+    ema = EMA(model, t.ema_decay, warmup=t.ema_warmup)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     id_fn = None
     if t.id_weight > 0:
@@ -113,6 +132,8 @@ def train_loop(loop_config: dict) -> None:
     modules: dict[str, Any] = {"model": model}
     grid = grid_conditions(protos.num_real, protos.num_virtual, t.sample_identities, dataset.landmarks,
                            t.sample_poses) if rank == 0 else None
+    probe = _fidelity_probe(loop_config, protos.num_real, device) if rank == 0 and t.eval_every else None
+    probe_at = probe_rows(protos.num_real, protos.num_virtual, t.eval_identities, 2)
 
     def load(d: Path) -> dict:
         return load_dit_checkpoint(d, model, ema, optimizer, device)
@@ -132,6 +153,9 @@ def train_loop(loop_config: dict) -> None:
                               id_fn, t.id_weight, t.cond_drop_prob, amp_dtype)
 
     def periodic(i: int, last: bool) -> None:
+        if probe is not None and (i % t.eval_every == 0 or last):  # the learning curve, independent evaluator
+            faces = sample_rows(ema.module, cond, probe_at, dataset.landmarks, t.sample_steps, t.sample_guidance)
+            wc.logger.metrics(flat_fidelity(probe.measure(faces, probe_at)), step=i)
         if (t.sample_every and i % t.sample_every == 0) or last:
             with tempfile.TemporaryDirectory() as tmp:
                 wc.logger.artifact(_grid_png(ema.module, grid[0], grid[1], grid[2], cond, cfg,
@@ -169,7 +193,8 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
                        "dataset_dir": str(checked["data_dir"].resolve()), "model_config": model_cfg.to_dict(),
                        "dataset_image_size": checked["info"].image_size,
                        "prototypes": str(layout.dit_prototypes_prefix(cfg).resolve()),
-                       "backbone": str(layout.dit_backbone_prefix(cfg).resolve()), "export_dir": str(export_dir)}
+                       "backbone": str(layout.dit_backbone_prefix(cfg).resolve()), "export_dir": str(export_dir),
+                       "evaluator": str(checked["evaluator"])}
         trainer = make_torch_trainer(train_loop, loop_config, name=f"{cfg.run.name}-train_dit",
                                      storage=layout.ray_storage(cfg),
                                      num_workers=t.num_workers, use_gpu=t.use_gpu,

@@ -34,6 +34,7 @@ from fr.training import GlobalBatchOrder, LRSchedule
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, TrainFRSection, to_dict
+from ray_jobs.errors import InputError
 from ray_jobs.tracking import mlflow_run, tracking_uri
 from ray_jobs.train_common import (TrainerParts, absolute_uri, clear_stopped, fit_checked, make_torch_trainer,
                                    run_worker_loop, worker_context)
@@ -48,15 +49,15 @@ log = logging.getLogger(__name__)
 def validate_fr_config(t: TrainFRSection, num_images: int) -> None:
     """Errors that must stop a run before any worker starts."""
     if t.num_workers < 1:
-        raise ValueError(f"train_fr.num_workers must be >= 1, got {t.num_workers}")
+        raise InputError(f"train_fr.num_workers must be >= 1, got {t.num_workers}")
     if t.batch_size % t.num_workers:
-        raise ValueError(f"train_fr.batch_size {t.batch_size} does not divide across {t.num_workers} workers")
+        raise InputError(f"train_fr.batch_size {t.batch_size} does not divide across {t.num_workers} workers")
     if num_images < t.batch_size:
-        raise ValueError(f"the dataset has {num_images} images, fewer than train_fr.batch_size {t.batch_size}")
+        raise InputError(f"the dataset has {num_images} images, fewer than train_fr.batch_size {t.batch_size}")
     if t.lr_schedule not in ("step", "poly"):
-        raise ValueError(f"train_fr.lr_schedule must be step or poly, got {t.lr_schedule!r}")
+        raise InputError(f"train_fr.lr_schedule must be step or poly, got {t.lr_schedule!r}")
     if t.checkpoint_every < 1:
-        raise ValueError(f"train_fr.checkpoint_every must be >= 1, got {t.checkpoint_every}")
+        raise InputError(f"train_fr.checkpoint_every must be >= 1, got {t.checkpoint_every}")
 
 
 def head_spec(cfg: FacesynthConfig, num_classes: int, identities: list[str], world: int) -> HeadSpec:
@@ -206,4 +207,4 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
             if (export_dir / name).is_file():
                 tracker.artifact(export_dir / name, "fr_model")
         log.info("train_fr: done in %.1f s; exported %s", seconds, {k: str(v) for k, v in paths.items()})
-        return {"metrics": summary, "paths": paths, "state": final_state}
+        return {"metrics": summary, "paths": paths, "state": final_state, "seconds": seconds}

@@ -46,7 +46,8 @@ def _cfg(data, out, uri, *extra):
         f"run.output_dir={out}", "run.name=ev", f"mlflow.tracking_uri={uri}",
         f"evaluate.reference={data['ref']}", f"evaluate.datasets=[{data['copy']}, {data['other']}]",
         f"evaluate.evaluator={data['evaluator']}", f"evaluate.checkpoints=[{data['evaluator']}]",
-        f"evaluate.verify_bins=[{data['bin']}]", "evaluate.max_leak_fraction=0.25", "evaluate.batch_size=16",
+        f"evaluate.verify_bins=[{data['bin']}]", "evaluate.gate=fraction", "evaluate.max_leak_fraction=0.25",
+        "evaluate.batch_size=16",
         "evaluate.cpus_per_actor=0.5", *extra])
 
 
@@ -72,6 +73,11 @@ def test_evaluate_job_end_to_end_then_cached(data, tmp_path, mlflow_uri, ray_loc
     assert ds["copy"]["privacy"]["top_matches"][0]["similarity"] > 0.99
     assert ds["other"]["privacy"]["leak_fraction"] <= 0.25 and ds["other"]["privacy"]["passed"] is True
     assert ds["other"]["singleton_classes"] == ["toy_verify_000011"] and ds["other"]["images"] == 3 * CLASSES - 2
+    # real-ID fidelity by the evaluator: the copies carry the reference's names, so each is matched to the
+    # evaluator's class means of the real images (near copies, a random tiny evaluator: well above the chance
+    # 1/12); the other set has none
+    assert ds["copy"]["real_id_fidelity"]["count"] == 3 * CLASSES and ds["copy"]["real_id_fidelity"]["top1"] >= 0.5
+    assert "real_id_fidelity" not in ds["other"]
     assert report["embedding_cache"]["computed_shards"] == {str(data[d]): 2 for d in ("ref", "copy", "other")}
     acc = report["verification"]["ev"]["verify/toy_verify/accuracy"]
     assert 0.0 <= acc <= 1.0
@@ -124,6 +130,12 @@ def test_privacy_check_records_the_verdict(data, tmp_path, mlflow_uri, ray_local
     with mlflow_run(strict, "generate") as tracker:
         verdict = run_privacy_check(strict, copy, tracker)
     assert verdict["passed"] is False and read_dataset_json(copy).extra["privacy"]["max_leak_fraction"] == 0.0
+    # the calibrated default gate: the copies fail the binomial test (every identity above the level)
+    calibrated = _cfg(data, tmp_path, mlflow_uri, "evaluate.gate=binomial")
+    with mlflow_run(calibrated, "generate") as tracker:
+        verdict = run_privacy_check(calibrated, copy, tracker)
+    assert verdict["passed"] is False and verdict["gate"] == "binomial" and verdict["p_value"] < 0.01
+    assert verdict["num_leaking_identities"] == CLASSES and verdict["max_passing_leaks"] < CLASSES
 
 
 def test_bad_inputs_are_named(data, tmp_path, mlflow_uri, ray_local):

@@ -137,7 +137,9 @@ def test_generate_records_privacy_verdict(tmp_path, mlflow_uri, ray_local):
     torch.manual_seed(0)
     model = build_dit("tiny", image_size=SIDE)
     save_dit(model, root / "dit" / "gen")
-    info = run_generate(_cfg(root, mlflow_uri, "generate.privacy_check=true"))
+    # the stage-1 backbone stands in for the independent evaluator here (the default needs train_evaluator)
+    info = run_generate(_cfg(root, mlflow_uri, "generate.privacy_check=true",
+                             f"evaluate.evaluator={root / 'fr' / 'gen' / 'backbone'}"))
     privacy = read_dataset_json(generate_out_dir(_cfg(root, mlflow_uri))).extra["privacy"]
     assert set(privacy) >= {"passed", "leak_fraction", "real_level", "mode"}
     assert isinstance(privacy["passed"], bool) and 0.0 <= privacy["leak_fraction"] <= 1.0

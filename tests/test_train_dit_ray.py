@@ -65,7 +65,9 @@ def test_train_checkpoint_resume_export(stage1, mlflow_uri, ray_local):
     first = weights_sha1(load_dit(export))
     assert first == weights_sha1(load_dit(ckpts[-1] / "ema"))
 
-    out = run_train_dit(_cfg(stage1, mlflow_uri, "train_dit.max_steps=6"))
+    # the resumed run also logs the learning curve with an evaluator (here the stage-1 backbone stands in)
+    out = run_train_dit(_cfg(stage1, mlflow_uri, "train_dit.max_steps=6", "train_dit.eval_every=6",
+                             "train_dit.eval_identities=2", f"evaluate.evaluator={stage1 / 'fr' / 'dit_e2e' / 'backbone'}"))
     resume = out["state"]["resumes"][-1]
     assert resume["step"] == 4 and resume["model_sha1"] == saved_sha
     assert out["state"]["step"] == 6
@@ -82,9 +84,14 @@ def test_train_checkpoint_resume_export(stage1, mlflow_uri, ray_local):
     assert run.data.metrics["id"] > 0  # identity loss through the frozen backbone is on
     pngs = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert pngs == ["samples/samples_step00000006.png"]
+    curve = client.get_metric_history(run.info.run_id, "fidelity/real/top1")
+    assert [m.step for m in curve] == [6] and 0.0 <= curve[0].value <= 1.0
+    assert "fidelity/virtual/consistency" in run.data.metrics
 
 
 def test_errors_before_any_work(stage1, mlflow_uri, tmp_path):
+    with pytest.raises(DiTInputError, match="train_evaluator"):
+        run_train_dit(_cfg(stage1, mlflow_uri, "train_dit.eval_every=2"))
     with pytest.raises(DiTInputError, match="dataset's images are 32px"):
         run_train_dit(_cfg(stage1, mlflow_uri, "train_dit.model_kwargs={image_size: 64}"))
     with pytest.raises(DiTInputError, match="cond_dim 256"):

@@ -203,6 +203,12 @@ def summarize_shards(directory: str | Path) -> tuple[int, dict[int, str], np.nda
     return total, label_to_identity, per_class
 
 
+def real_image_count(directory: str | Path) -> int:
+    """Images whose ``source`` is ``real`` in a dataset's shards (reads the source column only)."""
+    return sum(sum(1 for s in read_table(path, columns=["source"]).column("source").to_pylist() if s == "real")
+               for path in list_shards(directory))
+
+
 def check_labels(directory: str | Path, num_classes: int) -> None:
     """ShardError naming the shard if any label is outside [0, num_classes) (read: the label column only)."""
     for path in list_shards(directory):

@@ -34,7 +34,7 @@ from fr.gif.lambdas import PATTERNS, lambda_pattern
 from fr.head_registry import HeadSpec, build_partial_fc_head
 from fr.heads import INIT_STD, ClassifierHead, HeadOutput, check_embeddings, validate_labels
 from fr.margins import build_margin
-from fr.partial_fc import _all_gather_plain, all_gather_rows
+from fr.partial_fc import all_gather_plain, all_gather_rows
 
 INNER = "inner."
 
@@ -91,7 +91,7 @@ class TokenHead(ClassifierHead):
         check_embeddings(embeddings, self.embedding_size, name)
         validate_labels(labels, self.num_classes, embeddings.shape[0], name)
         feats = all_gather_rows(embeddings.float(), self.group)  # backward: world x the global-batch gradient
-        all_labels = torch.cat(_all_gather_plain(labels, self.group))
+        all_labels = torch.cat(all_gather_plain(labels, self.group))
         targets = self.codes[all_labels]
         logits = self.token_logits(feats, targets)
         l_c, per_token = code_loss(logits, targets, self.lambdas)
