@@ -34,6 +34,7 @@ from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig
 from ray_jobs.embedding_pass import evaluator_files, load_sets
+from ray_jobs.errors import MissingInputError
 from ray_jobs.privacy_check import leakage_settings, run_privacy_check  # noqa: F401  (run_privacy_check: re-exported)
 from ray_jobs.tracking import mlflow_run
 
@@ -82,7 +83,7 @@ def verify_checkpoints(cfg: FacesynthConfig, out: Path) -> dict[str, dict[str, f
     bins = [Path(b) for b in e.verify_bins] if e.verify_bins else layout.verify_bins(cfg)
     missing = [str(b) for b in bins if not b.is_file()]
     if missing or not bins:
-        raise FileNotFoundError(f"evaluate.verify_bins: {'not found: ' + str(missing) if missing else 'none found'}"
+        raise MissingInputError(f"evaluate.verify_bins: {'not found: ' + str(missing) if missing else 'none found'}"
                                 " (set evaluate.verify_bins to .bin files)")
     prefixes = [Path(c).with_suffix("") if Path(c).suffix in (".safetensors", ".json") else Path(c)
                 for c in checkpoints]

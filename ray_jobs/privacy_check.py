@@ -17,6 +17,7 @@ from evaluation.report import json_safe
 from fr.data.shards import read_dataset_json, write_dataset_json
 from ray_jobs import layout
 from ray_jobs.config import FacesynthConfig
+from ray_jobs.errors import InputError
 from ray_jobs.embedding_pass import evaluator_files, load_sets
 from ray_jobs.tracking import Tracker
 
@@ -29,7 +30,7 @@ def leakage_settings(cfg: FacesynthConfig) -> LeakageSettings:
         return LeakageSettings(e.leakage_mode, e.leakage_quantile, e.max_leak_fraction, e.query_chunk, e.key_chunk,
                                gate=e.gate, alpha=e.gate_alpha)
     except ValueError as exc:
-        raise ValueError(f"config: {exc}") from exc
+        raise InputError(f"evaluate: {exc}") from exc
 
 
 def run_privacy_check(cfg: FacesynthConfig, synthetic_dir: str | Path, tracker: Tracker) -> dict[str, Any]:
