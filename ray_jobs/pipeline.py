@@ -235,7 +235,7 @@ def _fr_model(overrides: list[str], cfg: FacesynthConfig, head: str = "") -> str
     return f"FR {fr.backbone}, {fr.margin}, {head or fr.head}" + (f", {fr.num_virtual} virtual" if fr.num_virtual else "")
 
 
-def _virtual_verdict(cfg: FacesynthConfig, dataset: str) -> dict[str, Any] | None:
+def _virtual_verdict(dataset: str) -> dict[str, Any] | None:
     path = Path(dataset)
     if not (path / MANIFEST).is_file():
         return None
@@ -265,7 +265,7 @@ def summary_rows(cfg: FacesynthConfig, state: dict[str, Any]) -> list[SummaryRow
             continue
         parts = setting.split("+")
         method = next((COMPARE_PART_METHOD[p] for p in parts if p in COMPARE_PART_METHOD), "baseline (real)")
-        verdict = _virtual_verdict(cfg, res.get("dataset", "")) if parts == ["virtual"] else None
+        verdict = _virtual_verdict(res.get("dataset", "")) if parts == ["virtual"] else None
         rows.append(SummaryRow(method, _fr_model(cfg.compare.fr_overrides, cfg), setting,
                                _preset(cfg, state, "compare"), res.get("real_images"), res.get("classes"),
                                privacy=privacy_label(parts, verdict), seconds=res.get("train_seconds", math.nan),
