@@ -9,9 +9,9 @@ on ``L_KD = MSE(F_S(I), e_T)`` (eq. 1); (2) for the dynamic modes, ``s = SIM(e_T
 The student sees generated images and teacher embeddings only: the iteration has no label and no real
 image among its inputs. The teacher is a black box (no gradient reaches or leaves it).
 
-Step 1's images may come precomputed (``Step1Batch.images`` / ``e_teacher``, the Ray Data stream) or be
-generated here from ``z``; the re-sampling always needs the generator in this process (it depends on
-this batch's student output).
+Step 1's images may come precomputed (``Step1Batch.images`` / ``e_teacher``, made by
+:class:`distill.step1_maker.Step1Maker` in a Ray Data stream) or be generated here from ``z``; the
+re-sampling always needs the generator in this process (it depends on this batch's student output).
 """
 from __future__ import annotations
 
@@ -31,13 +31,16 @@ from fr.training import NonFiniteGuard
 @dataclass
 class Step1Batch:
     """One fresh batch: its latents ``z`` and, when a data stream made them, its images and teacher embeddings.
-    ``z2``: the second fresh batch of ``static_2x``. ``noise_seed``: the re-sampling noise of this batch."""
+    ``z2`` (and, streamed, ``images2``/``e_teacher2``): the second fresh batch of ``static_2x``.
+    ``noise_seed``: the re-sampling noise of this batch."""
 
     z: torch.Tensor
     noise_seed: int
     images: torch.Tensor | None = None
     e_teacher: torch.Tensor | None = None
     z2: torch.Tensor | None = None
+    images2: torch.Tensor | None = None
+    e_teacher2: torch.Tensor | None = None
 
 
 def kd_loss(e_student: torch.Tensor, e_teacher: torch.Tensor) -> torch.Tensor:
@@ -117,7 +120,7 @@ class KDStep:
         if self.mode == "static_2x":
             if batch.z2 is None:
                 raise ValueError("static_2x: the batch has no second fresh latent batch z2")
-            _, images2, e_t2 = self._fresh("step2", batch.z2.to(torch.float32))
+            _, images2, e_t2 = self._fresh("step2", batch.z2.to(torch.float32), batch.images2, batch.e_teacher2)
         else:
             w2, z2 = resampled_w(self.generator, self.mode, z, w, s.to(w.device), self.c,
                                  seeded_generator(batch.noise_seed))

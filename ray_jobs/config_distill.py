@@ -47,6 +47,14 @@ class DistillSection:
     eval_every: int = 0  # steps between verifications of the student (0: at the end only)
     num_workers: int = 1
     cpus_per_worker: float = 2.0
+    # step 1's fresh batches: made in the worker, or by Ray Data actors streaming into it (ray_data: leave them
+    # CPUs, e.g. cpus_per_worker 1.5 + one 0.5-CPU actor on 2 cores; checked before the run)
+    step1_source: str = "worker"  # worker | ray_data
+    stream_actors: int = 1  # Ray Data actors per worker (each holds a generator and a teacher)
+    stream_cpus_per_actor: float = 0.5
+    stream_gpus_per_actor: float = 0.0  # > 0: the actors generate and embed on a GPU
+    stream_threads: int = 1  # torch threads in each actor
+    stream_prefetch: int = 2  # step-1 batches each worker prefetches
     use_gpu: bool = False
     max_failures: int = 0
     keep_checkpoints: int = 1

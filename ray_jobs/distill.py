@@ -1,8 +1,9 @@
 """``distill``: SynthDistill on Ray Train (students under DDP on any number of workers).
 
-Every worker runs the generator and the teacher in its own process: step 2 (re-sampling) depends on the
-same batch's student output, which Ray Data cannot feed back, and with the generator in the worker all
-four modes take the same path (static, static_2x, dynamic_z, dynamic_w). The latent stream is a function
+Every worker runs the generator and the teacher in its own process for step 2 (re-sampling), which
+depends on the same batch's student output, which Ray Data cannot feed back. Step 1's fresh batches
+(and static_2x's second) are made in the worker (``distill.step1_source=worker``) or by Ray Data actors
+streaming into it (``ray_data``, ``ray_jobs.distill_stream``); both give the same latents at the same step. The latent stream is a function
 of (run.seed, step), so a resumed run continues with the same latents. The student never sees a real
 image or an identity label: its only inputs are generated faces and teacher embeddings.
 All method code is in ``distill/``; this module builds it from the config and wires it to Ray and MLflow.
@@ -23,6 +24,8 @@ from distill.build import build_latent_generator, generator_kind_of
 from distill.checkpoint import STATE_FILE, STUDENT_FILE, load_kd_checkpoint, save_kd_checkpoint
 from distill.kd_step import KDStep
 from distill.latent_stream import LatentStream
+from ray_jobs.distill_stream import (SOURCES, check_stream_fits, dataset_config, epoch_source, latest_checkpoint_step,
+                                     step1_datasets, worker_batches)
 from distill.resampling import check_mode
 from distill.students import build_student, complexity, save_student
 from distill.teachers import check_teacher_fits, load_teacher
@@ -43,17 +46,25 @@ def teacher_path(cfg: FacesynthConfig) -> Path:
     return Path(cfg.distill.teacher) if cfg.distill.teacher else layout.fr_backbone_prefix(cfg)
 
 
-def _generator(cfg: FacesynthConfig, device: str = "cpu"):
+def generator_kwargs(cfg: FacesynthConfig) -> dict[str, Any]:
+    """:func:`distill.build.build_latent_generator`'s arguments from the config (the worker's and the stream's)."""
     d = cfg.distill
-    return build_latent_generator(d.generator, d.generator_kind, device, d.toy_w_scale, d.toy_render_size,
-                                  d.stylegan2_psi, d.stylegan2_noise_mode, d.diffusion_steps, d.diffusion_guidance)
+    return {"spec": d.generator, "kind": d.generator_kind, "toy_w_scale": d.toy_w_scale,
+            "toy_render_size": d.toy_render_size, "psi": d.stylegan2_psi, "noise_mode": d.stylegan2_noise_mode,
+            "diffusion_steps": d.diffusion_steps, "diffusion_guidance": d.diffusion_guidance}
+
+
+def _generator(cfg: FacesynthConfig, device: str = "cpu"):
+    return build_latent_generator(**generator_kwargs(cfg), device=device)
 
 
 def validate_distill_config(cfg: FacesynthConfig) -> dict[str, Any]:
     """Every check that can fail before a worker starts: mode, sizes, teacher vs student, generator, pairs."""
     d = cfg.distill
     check_mode(d.mode)
-    problems = {"distill.c must be > 0": d.c <= 0, "distill.batch_size must be >= 1": d.batch_size < 1,
+    problems = {f"distill.step1_source must be one of {'|'.join(SOURCES)}, got {d.step1_source!r}":
+                    d.step1_source not in SOURCES,
+                "distill.stream_actors must be >= 1": d.stream_actors < 1,"distill.c must be > 0": d.c <= 0, "distill.batch_size must be >= 1": d.batch_size < 1,
                 "distill.iterations_per_epoch must be >= 1": d.iterations_per_epoch < 1,
                 "distill.epochs must be >= 1": d.epochs < 1, "distill.lr must be > 0": d.lr <= 0,
                 f"distill.batch_size {d.batch_size} must divide over distill.num_workers {d.num_workers}":
@@ -81,6 +92,14 @@ def train_loop(loop_config: dict) -> None:
                           milestones=tuple(float(e) for e in range(d.lr_step_epochs, d.epochs + 1, d.lr_step_epochs)))
     kd = KDStep(student, teacher, gen, optimizer, d.mode, d.c, device, d.max_nonfinite)
     stream = LatentStream(gen, d.batch_size, world, rank, cfg.run.seed, second_batch=d.mode == "static_2x")
+    if d.step1_source == "ray_data":  # step 1's images and teacher embeddings come from Ray Data actors
+        epoch_batches = epoch_source(lambda first: worker_batches(rank, first, total, d.stream_prefetch),
+                                     d.iterations_per_epoch)
+    else:
+        def epoch_batches(epoch: int, first: int):
+            return stream.steps(epoch * d.iterations_per_epoch + first, (epoch + 1) * d.iterations_per_epoch)
+    log.info("rank %d: step-1 batches from the %s, %d torch threads", rank,
+             "Ray Data stream" if d.step1_source == "ray_data" else "worker", torch.get_num_threads())
     pairs = load_pairs(loop_config["bins"]) if rank == 0 else []
     cosines: list[torch.Tensor] = []
     expect = {"batch_size": d.batch_size, "mode": d.mode, "c": d.c, "student": d.student,
@@ -124,8 +143,7 @@ def train_loop(loop_config: dict) -> None:
 
     parts = TrainerParts(
         total_steps=total, steps_per_epoch=d.iterations_per_epoch,
-        epoch_batches=lambda epoch, first: stream.steps(epoch * d.iterations_per_epoch + first,
-                                                        (epoch + 1) * d.iterations_per_epoch),
+        epoch_batches=epoch_batches,
         step=step, batch_images=lambda batch: kd.images_per_iteration(len(batch.z)), save=save,
         load=lambda dd: load_kd_checkpoint(dd, student, optimizer, expect), nonfinite_total=lambda: kd.guard.total,
         state_fields=lambda i: dict(expect), start=start, periodic=periodic)
@@ -155,6 +173,16 @@ def run_distill(cfg: FacesynthConfig) -> dict[str, Any]:
     checked = validate_distill_config(cfg)
     init_ray(cfg.ray)
     export_dir = layout.model_dir(cfg, JOB).resolve()
+    name = f"{cfg.run.name}-{JOB}"
+    stream: dict[str, Any] = {}
+    if d.step1_source == "ray_data":
+        import ray
+
+        check_stream_fits(d, ray.cluster_resources().get("CPU", 0))
+        first = latest_checkpoint_step(layout.ray_storage(cfg) / name, STATE_FILE)
+        stream = {"datasets": step1_datasets(d, generator_kwargs(cfg), (str(teacher_path(cfg).resolve()), d.teacher_arch),
+                                             cfg.run.seed, first, d.epochs * d.iterations_per_epoch),
+                  "dataset_config": dataset_config()}
     clear_stopped(export_dir)
     with mlflow_run(cfg, JOB) as tracker:
         teacher = checked["teacher"]
@@ -165,10 +193,10 @@ def run_distill(cfg: FacesynthConfig) -> dict[str, Any]:
         loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": absolute_uri(tracking_uri(cfg)),
                        "teacher": str(teacher_path(cfg).resolve()), "bins": checked["bins"],
                        "export_dir": str(export_dir)}
-        trainer = make_torch_trainer(train_loop, loop_config, name=f"{cfg.run.name}-{JOB}",
+        trainer = make_torch_trainer(train_loop, loop_config, name=name,
                                      storage=layout.ray_storage(cfg), num_workers=d.num_workers, use_gpu=d.use_gpu,
                                      cpus_per_worker=d.cpus_per_worker, max_failures=d.max_failures,
-                                     keep_checkpoints=d.keep_checkpoints)
+                                     keep_checkpoints=d.keep_checkpoints, **stream)
         result, seconds = fit_checked(trainer, export_dir, JOB, d.max_nonfinite, tracker)
         student = build_student(d.student, d.embedding_size, d.student_input_size)
         with result.checkpoint.as_directory() as ckpt:

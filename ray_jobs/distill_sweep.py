@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from distill.report import accuracy_vs_c_png, results_markdown
@@ -19,7 +20,8 @@ from distill.resampling import check_mode
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, from_dict, to_dict, with_overrides
-from ray_jobs.tracking import mlflow_run, nested_under
+from ray_jobs.tracking import mlflow_run, nested_under, tracking_uri
+from ray_jobs.train_common import absolute_uri
 
 log = logging.getLogger(__name__)
 JOB = "distill_sweep"
@@ -30,6 +32,21 @@ def trial_overrides(cfg: FacesynthConfig, mode: str, c: float, seed: int) -> lis
     teacher = cfg.distill.teacher or str(layout.fr_backbone_prefix(cfg).resolve())
     return [*cfg.distill.sweep.overrides, f"distill.mode={mode}", f"distill.c={c}", f"run.seed={seed}",
             f"distill.teacher={teacher}", f"run.name={cfg.run.name}-{mode}-c{c:g}-s{seed}"]
+
+
+def absolute_paths(cfg: FacesynthConfig) -> FacesynthConfig:
+    """``cfg`` with its file paths made absolute on the driver: a Tune trial runs in its own working
+    directory, where a relative ``runs/...`` or ``sqlite:///mlflow.db`` would name another (empty) one."""
+    d = cfg.distill
+    paths = {"run.output_dir": cfg.run.output_dir, "distill.teacher": d.teacher,
+             "distill.student_checkpoint": d.student_checkpoint}
+    if d.generator != "toy":
+        paths["distill.generator"] = d.generator
+    out = [f"{k}={Path(v).resolve()}" for k, v in paths.items() if v]
+    out.append(f"mlflow.tracking_uri={absolute_uri(tracking_uri(cfg))}")
+    if d.verify_bins:
+        out.append(f"distill.verify_bins=[{', '.join(str(Path(b).resolve()) for b in d.verify_bins)}]")
+    return with_overrides(cfg, out)
 
 
 def distill_trial(config: dict, base: dict, parent_run_id: str | None = None) -> None:
@@ -56,6 +73,7 @@ def run_distill_sweep(cfg: FacesynthConfig) -> dict[str, Any]:
     if not s.cs or any(c <= 0 for c in s.cs) or not s.seeds:
         raise ValueError(f"distill.sweep needs cs > 0 and at least one seed, got cs {s.cs}, seeds {s.seeds}")
     d = with_overrides(cfg, trial_overrides(cfg, s.modes[0], s.cs[0], s.seeds[0])).distill  # bad overrides fail here
+    cfg = absolute_paths(cfg)
     init_ray(cfg.ray)
     need = s.max_concurrent * (d.num_workers * d.cpus_per_worker + s.driver_cpus)
     have = ray.cluster_resources().get("CPU", 0)

@@ -92,12 +92,16 @@ class LocalTorchTrainer(TorchTrainer):
 
 def make_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], *, name: str, storage: Path,
                        num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int = 0,
-                       keep_checkpoints: int = 1) -> TorchTrainer:
-    """A TorchTrainer whose run ``name`` under ``storage`` is the resume key (rerun = resume)."""
+                       keep_checkpoints: int = 1, datasets: dict[str, Any] | None = None,
+                       dataset_config: Any = None) -> TorchTrainer:
+    """A TorchTrainer whose run ``name`` under ``storage`` is the resume key (rerun = resume); ``datasets``
+    (Ray Data) reach the workers through ``ray.train.get_dataset_shard`` as ``dataset_config`` assigns them."""
     trainer_cls = LocalTorchTrainer if local_without_dashboard() else TorchTrainer
+    extra = {"datasets": datasets, "dataset_config": dataset_config} if datasets else {}
     return trainer_cls(
         loop,
         train_loop_config=loop_config,
+        **extra,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(storage),

@@ -107,3 +107,17 @@ def test_distill_sweep_two_trials(tmp_path, mlflow_uri, ray_local):
     parent = [r for r in runs if r.data.tags.get("job") == "distill_sweep"][0]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) >= 2
+
+
+def test_sweep_paths_are_made_absolute_for_tune_trials(tmp_path, monkeypatch):
+    # a Tune trial runs in its own working directory: relative paths from the driver must not reach it
+    from ray_jobs.distill_sweep import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["run.output_dir=runs", "distill.teacher=runs/fr/t/backbone",
+                             "mlflow.tracking_uri=sqlite:///mlflow.db", "distill.verify_bins=[data/lfw.bin]"])
+    out = absolute_paths(cfg)
+    assert out.run.output_dir == str(tmp_path / "runs")
+    assert out.distill.teacher == str(tmp_path / "runs/fr/t/backbone")
+    assert out.distill.verify_bins == [str(tmp_path / "data/lfw.bin")]
+    assert out.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
