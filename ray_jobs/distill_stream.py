@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill.kd_step import Step1Batch
 from distill.step1_maker import Step1Maker, step1_batches
 
@@ -45,8 +47,12 @@ def step1_datasets(d: Any, generator_kwargs: dict[str, Any], teacher: tuple[str,
 
     out = {}
     for rank in range(d.num_workers):
-        ds = ray.data.range(max(total - first, 0), override_num_blocks=max(1, min(total - first, 200)))
-        ds = ds.map_batches(lambda b, first=first: {"step": b["id"] + first}, batch_format="numpy", num_cpus=0)
+        # from in-memory blocks, not ray.data.range: a read task asks for a whole CPU, which a node whose
+        # CPUs are all taken by the Train workers and the maker actors never has (the stream would hang)
+        steps = np.arange(first, max(total, first), dtype=np.int64)
+        blocks = [b for b in np.array_split(steps, max(1, min(len(steps), 200))) if len(b)] or [steps]
+        ds = ray.data.from_numpy(blocks)
+        ds = ds.map_batches(lambda b: {"step": b["data"]}, batch_format="numpy", num_cpus=0)
         out[dataset_name(rank)] = ds.map_batches(
             Step1Maker, fn_constructor_kwargs={
                 "generator_kwargs": generator_kwargs, "teacher": teacher, "global_batch": d.batch_size,
