@@ -13,8 +13,8 @@ Rows (CPU, one process, ``--threads`` torch threads):
 * ``kd iteration (pre-generated)``: the same step fed pre-generated step-1 images and teacher embeddings
   (what a Ray Data stream would hand the worker; the re-sampled batch is still generated in-process).
 
-The Ray Data stream itself is not implemented (see docs/methods_distill.md): this bench measures the
-upper bound such a stream could give, the pre-generated row.
+This bench measures in one process the upper bound a stream could give (the pre-generated row); the
+Ray Data stream itself on Ray Train, side by side with the in-worker source: ``bench/distill_stream.py``.
 """
 from __future__ import annotations
 
