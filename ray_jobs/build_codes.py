@@ -138,22 +138,34 @@ def run_build_codes(cfg: FacesynthConfig) -> dict:
 
 
 def run_gif_collapse(cfg: FacesynthConfig) -> dict:
-    """Minority collapse of a trained backbone on its training set: centroid spread per class-size bin."""
+    """Minority collapse of a trained backbone on its training set: centroid spread per class-size bin (and of
+    each ``gif.collapse_compare`` backbone, in the same figure; their metrics prefixed ``<name>/``)."""
     from evaluation.minority_collapse import collapse_report
     from evaluation.minority_collapse_plots import plot_collapse
     from fr.face_embedder import load_face_embedder
 
-    prefix = cfg.gif.collapse_backbone or str(layout.fr_backbone_prefix(cfg))
+    prefixes = {cfg.run.name: cfg.gif.collapse_backbone or str(layout.fr_backbone_prefix(cfg)),
+                **{str(k): str(v) for k, v in cfg.gif.collapse_compare.items()}}
+    embedders = {}
+    for name, prefix in prefixes.items():  # all loaded before any is measured: a bad path fails at once
+        try:
+            embedders[name] = load_face_embedder(prefix, flip=True)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"gif_collapse: backbone {name!r}: {e}") from e
     data = codes_dataset_dir(cfg)
     out = layout.report_dir(cfg, "gif_collapse")
     out.mkdir(parents=True, exist_ok=True)
     with mlflow_run(cfg, "gif_collapse") as tracker:
-        embedder = load_face_embedder(prefix, flip=True)
-        report = collapse_report(embedder, data, bins=cfg.gif.collapse_bins, batch_rows=cfg.gif.batch_rows)
+        reports = {name: collapse_report(embedder, data, bins=cfg.gif.collapse_bins, batch_rows=cfg.gif.batch_rows)
+                   for name, embedder in embedders.items()}
+        report = {**reports[cfg.run.name], "backbone": prefixes[cfg.run.name],
+                  "compare": {k: {**v, "backbone": prefixes[k]} for k, v in reports.items() if k != cfg.run.name}}
         (out / "collapse.json").write_text(json.dumps(report, indent=1))
-        plot_collapse({cfg.run.name: report}, out / "minority_collapse.png")
+        plot_collapse(reports, out / "minority_collapse.png")
         tracker.metrics(report["metrics"])
+        for name, rep in report["compare"].items():
+            tracker.metrics({f"{name}/{k}": v for k, v in rep["metrics"].items()})
         tracker.artifact(out / "collapse.json", "gif_collapse")
         tracker.artifact(out / "minority_collapse.png", "gif_collapse")
-        log.info("gif_collapse: %s", json.dumps(report["metrics"]))
+        log.info("gif_collapse: %s", json.dumps({k: v["metrics"] for k, v in reports.items()}))
     return report

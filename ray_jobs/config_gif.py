@@ -48,3 +48,6 @@ class GifSection:
     # minority collapse (job gif_collapse): the backbone to measure and the class-size bins
     collapse_backbone: str = ""  # backbone export prefix; empty: <output_dir>/fr/<run.name>/backbone
     collapse_bins: int = 4  # class-size quantile bins (tail ... head)
+    # more backbones measured on the same data and drawn in the same figure, {name: export prefix}
+    # (e.g. {softmax: runs/x/fr/softmax/backbone} beside a GIF-head backbone)
+    collapse_compare: dict = field(default_factory=dict)

@@ -76,6 +76,10 @@ def test_build_codes_ray_embedder_and_collapse(tmp_path, toy_dir, ray_local, mlf
     run_build_codes(_cfg(tmp_path, toy_dir, "gif.source=embedder", f"gif.embedder={tmp_path / 'bb'}"))
     assert _check_codes(tmp_path / "codes" / "t", toy_dir).meta["source"]["kind"] == "embedder"
     report = run_gif_collapse(_cfg(tmp_path, toy_dir, f"gif.collapse_backbone={tmp_path / 'bb'}",
-                                   "gif.collapse_bins=2"))
+                                   "gif.collapse_bins=2", f"gif.collapse_compare={{again: {tmp_path / 'bb'}}}"))
     assert len(report["bins"]) == 2 and "collapse/tail_minus_head/mean_max_cos" in report["metrics"]
+    assert report["compare"]["again"]["metrics"] == report["metrics"]  # the same backbone measured twice
+    with pytest.raises(FileNotFoundError, match="backbone 'gone'"):
+        run_gif_collapse(_cfg(tmp_path, toy_dir, f"gif.collapse_backbone={tmp_path / 'bb'}",
+                              f"gif.collapse_compare={{gone: {tmp_path / 'nothing'}}}"))
     assert (tmp_path / "gif_collapse" / "t" / "minority_collapse.png").is_file()
