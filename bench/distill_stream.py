@@ -1,7 +1,7 @@
 """SynthDistill: the student's training images/s with step 1 made in the worker vs streamed by Ray Data,
 side by side in one run on this machine, and the generator's and teacher's own images/s.
 
-    python bench/distill_stream.py [--iters 60] [--mode dynamic_w] [--batch 64]
+    python bench/distill_stream.py [--iters 60] [--modes static,dynamic_w] [--batch 64]
 
 Both runs are the ``distill`` job on Ray Train (the tiny preset's student TinyFaR-C@56px and toy
 generator; the teacher is the tiny pipeline's stage-1 model when ``runs/tiny`` has one, else a randomly
@@ -11,7 +11,8 @@ default 1.5) gets step 1's images and teacher embeddings from one Ray Data actor
 default 0.5); the re-sampled batch of the dynamic modes is still made in the worker. images/s is the
 median over the job's logged intervals after the first (the training loop's own figure: data + step,
 not the start-up, the checkpoints or the verification). The ratio ray_data / worker is the target
-figure (>= 0.9 when generation is not the bottleneck).
+figure (>= 0.9 when generation is not the bottleneck). Per mode: in ``static`` the stream makes every image
+the student sees; in ``dynamic_w`` only step 1's.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 from bench.common import REPO_ROOT, format_table, machine_info, write_json  # noqa: E402
 
 TINY_TEACHER = REPO_ROOT / "runs" / "tiny" / "fr" / "tiny" / "backbone"
-TINY_BINS = REPO_ROOT / "runs" / "tiny" / "data" / "tiny" / "verify"
+TINY_BINS = REPO_ROOT / "runs" / "tiny" / "data" / "toy" / "verify"
 
 
 def _teacher_and_bins(tmp: Path) -> tuple[str, list[str], str]:
@@ -90,7 +91,8 @@ def _run(tmp: Path, name: str, common: list[str], extra: list[str]) -> dict:
     rates = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "images_per_s"), key=lambda m: m.step)]
     final = out["metrics"]
     split = {k: final.get(k, 0.0) for k in ("generate_s", "teacher_s", "student_s")}
-    return {"images_per_s": statistics.median(rates[1:] or rates), "intervals": len(rates), "job_wall_s": wall,
+    return {"images_per_s": statistics.median(rates[1:] or rates), "intervals": len(rates),
+            "interval_rates": [round(r, 1) for r in rates], "job_wall_s": wall,
             "train_seconds": out["summary"]["train_seconds"], "loss": final.get("loss"), **split}
 
 
@@ -98,9 +100,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--mode", default="dynamic_w")
+    ap.add_argument("--modes", default="static,dynamic_w", help="distill.mode values, comma separated")
     ap.add_argument("--worker-cpus", type=float, default=2.0)
     ap.add_argument("--stream-worker-cpus", type=float, default=1.5)
+    ap.add_argument("--stream-worker-threads", type=int, default=2,
+                    help="distill.worker_threads of the ray_data run (0: Ray's, int(--stream-worker-cpus))")
     ap.add_argument("--actor-cpus", type=float, default=0.5)
     ap.add_argument("--actor-threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "distill_stream.json"))
@@ -112,32 +116,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         teacher, bins, teacher_name = _teacher_and_bins(tmp)
-        common = [f"distill.teacher={teacher}", f"distill.verify_bins=[{', '.join(bins)}]",
-                  f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", f"distill.mode={args.mode}",
-                  f"distill.batch_size={args.batch}", "distill.epochs=1", f"distill.iterations_per_epoch={args.iters}",
-                  "distill.eval_every=0", "distill.sample_grid=0", "distill.log_every=5",
-                  f"distill.checkpoint_every={args.iters}"]
-        runs = [
-            {"source": "worker", "worker_cpus": args.worker_cpus, "actors": "-",
-             **_run(tmp, "bench-worker", common, [f"distill.cpus_per_worker={args.worker_cpus}"])},
-            {"source": "ray_data", "worker_cpus": args.stream_worker_cpus,
-             "actors": f"1 x {args.actor_cpus:g} CPU, {args.actor_threads} thread(s)",
-             **_run(tmp, "bench-stream", common, [
-                 f"distill.cpus_per_worker={args.stream_worker_cpus}", "distill.step1_source=ray_data",
-                 f"distill.stream_cpus_per_actor={args.actor_cpus}", f"distill.stream_threads={args.actor_threads}"])},
-        ]
+        runs = []
+        for mode in args.modes.split(","):
+            common = [f"distill.teacher={teacher}", f"distill.verify_bins=[{', '.join(bins)}]",
+                      f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", f"distill.mode={mode}",
+                      f"distill.batch_size={args.batch}", "distill.epochs=1",
+                      f"distill.iterations_per_epoch={args.iters}", "distill.eval_every=0", "distill.sample_grid=0",
+                      "distill.log_every=5", f"distill.checkpoint_every={args.iters}"]
+            runs.append({"mode": mode, "source": "worker", "worker_cpus": args.worker_cpus, "actors": "-",
+                         **_run(tmp, f"bench-{mode}-worker", common, [f"distill.cpus_per_worker={args.worker_cpus}"])})
+            runs.append({"mode": mode, "source": "ray_data", "worker_cpus": args.stream_worker_cpus,
+                         "actors": f"1 x {args.actor_cpus:g} CPU, {args.actor_threads} thread(s)",
+                         **_run(tmp, f"bench-{mode}-stream", common, [
+                             f"distill.cpus_per_worker={args.stream_worker_cpus}", "distill.step1_source=ray_data",
+                             f"distill.worker_threads={args.stream_worker_threads}",
+                             f"distill.stream_cpus_per_actor={args.actor_cpus}",
+                             f"distill.stream_threads={args.actor_threads}"])})
         own = _own_rates(teacher, args.batch)
     fmt = lambda x: f"{x:.1f}"  # noqa: E731
-    print(format_table(runs, [("source", "step 1 from", str), ("worker_cpus", "worker CPUs", lambda x: f"{x:g}"),
+    print(format_table(runs, [("mode", "mode", str), ("source", "step 1 from", str), ("worker_cpus", "worker CPUs", lambda x: f"{x:g}"),
                               ("actors", "stream actors", str), ("images_per_s", "train img/s", fmt),
                               ("generate_s", "worker generate s", fmt), ("teacher_s", "worker teacher s", fmt),
                               ("student_s", "worker student s", fmt), ("train_seconds", "job train s", fmt)]))
     print(format_table(own, [("what", "part", str), ("images_per_s", "images/s", fmt)]))
-    ratio = runs[1]["images_per_s"] / runs[0]["images_per_s"]
-    print(f"ray_data / worker train images/s: {ratio:.2f}  ({args.mode}, batch {args.batch}, {args.iters} iterations, "
-          f"teacher: {teacher_name})")
+    ratios = {}
+    for worker, stream in zip(runs[::2], runs[1::2]):
+        ratios[worker["mode"]] = stream["images_per_s"] / worker["images_per_s"]
+        print(f"ray_data / worker train images/s, {worker['mode']}: {ratios[worker['mode']]:.2f}  (batch {args.batch}, "
+              f"{args.iters} iterations, teacher: {teacher_name})")
     write_json(args.out, {"machine": machine_info(), "args": vars(args), "teacher": teacher_name, "runs": runs,
-                          "own_rates": own, "ray_data_over_worker": ratio})
+                          "own_rates": own, "ray_data_over_worker": ratios})
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ class DistillSection:
     stream_gpus_per_actor: float = 0.0  # > 0: the actors generate and embed on a GPU
     stream_threads: int = 1  # torch threads in each actor
     stream_prefetch: int = 2  # step-1 batches each worker prefetches
+    # torch threads of each Train worker; 0 = Ray's (int(cpus_per_worker)): with a fractional share beside
+    # the stream actors (1.5 on 2 CPUs) Ray gives 1, and a second thread can use the core the actors leave idle
+    worker_threads: int = 0
     use_gpu: bool = False
     max_failures: int = 0
     keep_checkpoints: int = 1

@@ -64,7 +64,9 @@ def validate_distill_config(cfg: FacesynthConfig) -> dict[str, Any]:
     check_mode(d.mode)
     problems = {f"distill.step1_source must be one of {'|'.join(SOURCES)}, got {d.step1_source!r}":
                     d.step1_source not in SOURCES,
-                "distill.stream_actors must be >= 1": d.stream_actors < 1,"distill.c must be > 0": d.c <= 0, "distill.batch_size must be >= 1": d.batch_size < 1,
+                "distill.stream_actors must be >= 1": d.stream_actors < 1,
+                "distill.worker_threads must be >= 0 (0: Ray's)": d.worker_threads < 0,
+                "distill.c must be > 0": d.c <= 0, "distill.batch_size must be >= 1": d.batch_size < 1,
                 "distill.iterations_per_epoch must be >= 1": d.iterations_per_epoch < 1,
                 "distill.epochs must be >= 1": d.epochs < 1, "distill.lr must be > 0": d.lr <= 0,
                 f"distill.batch_size {d.batch_size} must divide over distill.num_workers {d.num_workers}":
@@ -83,6 +85,8 @@ def train_loop(loop_config: dict) -> None:
     wc = worker_context(loop_config, JOB)
     cfg, rank, world, device = wc.cfg, wc.rank, wc.world, wc.device
     d = cfg.distill
+    if d.worker_threads > 0:
+        torch.set_num_threads(d.worker_threads)
     gen = _generator(cfg, str(device))
     teacher = load_teacher(loop_config["teacher"], d.teacher_arch, device=device)
     student = build_student(d.student, d.embedding_size, d.student_input_size, d.student_checkpoint or None).to(device)
