@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 import time
@@ -113,13 +114,13 @@ def main() -> None:
     recipe = {k: getattr(args, k) for k in ("image_size", "patch_size", "hidden_size", "depth", "num_heads", "lr",
                                             "warmup", "batch", "ema", "ema_warmup", "id_weight", "sample_steps",
                                             "seed")}
-    title = (f"{args.name}: {recipe}; fidelity by the independent evaluator {args.evaluator}; "
-             f"2-vCPU VM shared with other work (nice 19)")
+    machine = f"{os.cpu_count()}-CPU machine, this process at nice {os.nice(0)}, load {os.getloadavg()[0]:.1f}"
+    title = f"{args.name}: {recipe}; fidelity by the independent evaluator {args.evaluator}; {machine}"
     png = plot_curve(points, title, DOCS / f"dit_learning_curve_{args.name}.png")
     out = RESULTS / f"dit_learning_curve_{args.name}.json"
     out.write_text(json.dumps({"recipe": recipe, "evaluator": args.evaluator, "points": points,
                                "total_wall_s": time.perf_counter() - t0,
-                               "machine": "2-vCPU VM shared with other work (nice -n 19)"}, indent=1))
+                               "machine": machine}, indent=1))
     print(f"-> {png}, {out}")
 
 
