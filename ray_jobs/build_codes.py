@@ -56,9 +56,20 @@ def _class_sums(path: str, num_classes: int, image_size: int, source: str, optio
 _class_sums_task = ray.remote(_class_sums)
 
 
+def embedder_prefix(cfg: FacesynthConfig) -> str:
+    """``gif.embedder``, or (empty) this run's stage-1 ``train_fr`` export; a clear error when neither exists."""
+    if cfg.gif.embedder:
+        return cfg.gif.embedder
+    prefix = layout.fr_backbone_prefix(cfg)
+    if not prefix.with_suffix(".json").is_file():
+        raise ValueError(f"gif.source=embedder: gif.embedder is empty and there is no stage-1 export at {prefix} "
+                         "(run train_fr first, or name a backbone export prefix or an insightface .pth)")
+    return str(prefix.resolve())
+
+
 def _shard_pass(cfg: FacesynthConfig, data: Path, info, tracker) -> tuple[np.ndarray, np.ndarray, int]:
     g = cfg.gif
-    options = {"pixel_size": g.pixel_size, "embedder": g.embedder, "flip": g.embedder_flip, "arch": g.embedder_arch,
+    options = {"pixel_size": g.pixel_size, "embedder": embedder_prefix(cfg) if g.source == "embedder" else "", "flip": g.embedder_flip, "arch": g.embedder_arch,
                "batch_rows": g.batch_rows, "gpus": g.gpus_per_task}
     shards = list_shards(data)
     if g.local_pass:  # gif.local_pass: the same per-shard function in this process
@@ -88,14 +99,14 @@ def code_vectors(cfg: FacesynthConfig, data: Path, info, tracker) -> tuple[np.nd
             raise ValueError("gif.source=file needs gif.features (a .safetensors or .npy features file)")
         return file_code_vectors(g.features, info.identities, g.features_identities or None), {
             "kind": "file", "features": g.features}
-    if g.source == "embedder" and not g.embedder:
-        raise ValueError("gif.source=embedder needs gif.embedder (a backbone export prefix or an insightface .pth)")
+    if g.source == "embedder":
+        embedder_prefix(cfg)  # fails before the shard pass when there is none
     sums, counts, skipped = _shard_pass(cfg, data, info, tracker)
     meta = {"kind": g.source, "skipped_faces": int(skipped)}
     if g.source == "pixels":
         vecs, pca = pca_vectors(sums, counts, g.pixel_dim, g.seed)
         return vecs, {**meta, "pixel_size": g.pixel_size, **pca}
-    return unit_class_means(sums, counts, "embedder class means"), {**meta, "embedder": g.embedder}
+    return unit_class_means(sums, counts, "embedder class means"), {**meta, "embedder": embedder_prefix(cfg)}
 
 
 def run_build_codes(cfg: FacesynthConfig) -> dict:

@@ -28,7 +28,7 @@ class GifSection:
     source: str = "pixels"  # pixels (offline, class-mean thumbnails + PCA) | embedder (class means) | file
     features: str = ""  # source=file: .safetensors (tensor 'features') or .npy of per-identity features
     features_identities: str = ""  # identity list (.txt / .json) for .npy (or safetensors without metadata)
-    embedder: str = ""  # source=embedder: our backbone export prefix, or an insightface .pth
+    embedder: str = ""  # source=embedder: our backbone export prefix, or an insightface .pth; empty: the run's train_fr export
     embedder_arch: str = ""  # the architecture of a .pth (e.g. iresnet100)
     embedder_flip: bool = True
     pixel_size: int = 16  # source=pixels: thumbnail side

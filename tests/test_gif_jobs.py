@@ -83,3 +83,16 @@ def test_build_codes_ray_embedder_and_collapse(tmp_path, toy_dir, ray_local, mlf
         run_gif_collapse(_cfg(tmp_path, toy_dir, f"gif.collapse_backbone={tmp_path / 'bb'}",
                               f"gif.collapse_compare={{gone: {tmp_path / 'nothing'}}}"))
     assert (tmp_path / "gif_collapse" / "t" / "minority_collapse.png").is_file()
+
+
+def test_embedder_defaults_to_the_runs_stage1_export(tmp_path, toy_dir):
+    from ray_jobs import layout
+    from ray_jobs.build_codes import embedder_prefix
+
+    cfg = _cfg(tmp_path, toy_dir, "gif.source=embedder")
+    with pytest.raises(ValueError, match="gif.embedder is empty and there is no stage-1 export"):
+        embedder_prefix(cfg)
+    save_backbone(build_backbone("iresnet_tiny", embedding_size=8, base_width=4, layers=[1, 1, 1, 1], input_size=32,
+                                 auto_resize=True), layout.fr_backbone_prefix(cfg))
+    assert embedder_prefix(cfg) == str(layout.fr_backbone_prefix(cfg).resolve())
+    assert embedder_prefix(_cfg(tmp_path, toy_dir, "gif.embedder=/x/backbone")) == "/x/backbone"
