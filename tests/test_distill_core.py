@@ -127,8 +127,10 @@ def test_teacher_gets_no_gradient_and_student_inputs_are_generated():
     assert teacher.proj.grad is None
     assert all(not x.requires_grad for x in teacher.inputs)
     assert all(p.grad is not None for p in student.parameters())
-    # the iteration's only inputs are latents and a noise seed: no label, no real image
-    assert set(Step1Batch.__dataclass_fields__) == {"z", "noise_seed", "images", "e_teacher", "z2"}
+    # the iteration's only inputs are latents, a noise seed and what the generator / teacher made of those
+    # latents (a Ray Data stream's images and embeddings): no label, no real image
+    assert set(Step1Batch.__dataclass_fields__) == {"z", "noise_seed", "images", "e_teacher", "z2", "images2",
+                                                    "e_teacher2"}
 
 
 def test_kd_loss_falls_when_distilling():
