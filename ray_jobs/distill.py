@@ -3,7 +3,7 @@
 Every worker runs the generator and the teacher in its own process for step 2 (re-sampling), which
 depends on the same batch's student output, which Ray Data cannot feed back. Step 1's fresh batches
 (and static_2x's second) are made in the worker (``distill.step1_source=worker``) or by Ray Data actors
-streaming into it (``ray_data``, ``ray_jobs.distill_stream``); both give the same latents at the same step. The latent stream is a function
+streaming into it (``ray_data``, ``ray_jobs.step1_stream``); both give the same latents at the same step. The latent stream is a function
 of (run.seed, step), so a resumed run continues with the same latents. The student never sees a real
 image or an identity label: its only inputs are generated faces and teacher embeddings.
 All method code is in ``distill/``; this module builds it from the config and wires it to Ray and MLflow.
@@ -24,7 +24,7 @@ from distill.build import build_latent_generator, generator_kind_of
 from distill.checkpoint import STATE_FILE, STUDENT_FILE, load_kd_checkpoint, save_kd_checkpoint
 from distill.kd_step import KDStep
 from distill.latent_stream import LatentStream
-from ray_jobs.distill_stream import (SOURCES, check_stream_fits, dataset_config, epoch_source, latest_checkpoint_step,
+from ray_jobs.step1_stream import (SOURCES, check_stream_fits, dataset_config, epoch_source, latest_checkpoint_step,
                                      step1_datasets, worker_batches)
 from distill.resampling import check_mode
 from distill.students import build_student, complexity, save_student

@@ -16,7 +16,7 @@ from distill.step1_maker import Step1Maker, step1_batches
 from distill.students import build_student
 from distill.teachers import load_teacher
 from distill.toy_generator import ToyLatentGenerator
-from ray_jobs.distill_stream import check_stream_fits, epoch_source, latest_checkpoint_step
+from ray_jobs.step1_stream import check_stream_fits, epoch_source, latest_checkpoint_step
 from tests.test_distill_job import _cfg, _setup
 
 GEN = {"spec": "toy", "toy_render_size": 32}
