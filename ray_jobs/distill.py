@@ -3,7 +3,8 @@
 Every worker runs the generator and the teacher in its own process for step 2 (re-sampling), which
 depends on the same batch's student output, which Ray Data cannot feed back. Step 1's fresh batches
 (and static_2x's second) are made in the worker (``distill.step1_source=worker``) or by Ray Data actors
-streaming into it (``ray_data``, ``ray_jobs.step1_stream``); both give the same latents at the same step. The latent stream is a function
+streaming into it (``ray_data``, ``ray_jobs.step1_stream``); both give the same latents at the same
+step. The latent stream is a function
 of (run.seed, step), so a resumed run continues with the same latents. The student never sees a real
 image or an identity label: its only inputs are generated faces and teacher embeddings.
 All method code is in ``distill/``; this module builds it from the config and wires it to Ray and MLflow.
@@ -24,8 +25,6 @@ from distill.build import build_latent_generator, generator_kind_of
 from distill.checkpoint import STATE_FILE, STUDENT_FILE, load_kd_checkpoint, save_kd_checkpoint
 from distill.kd_step import KDStep
 from distill.latent_stream import LatentStream
-from ray_jobs.step1_stream import (SOURCES, check_stream_fits, dataset_config, epoch_source, latest_checkpoint_step,
-                                     step1_datasets, worker_batches)
 from distill.resampling import check_mode
 from distill.students import build_student, complexity, save_student
 from distill.teachers import check_teacher_fits, load_teacher
@@ -34,6 +33,8 @@ from fr.training import LRSchedule, set_lr
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import FacesynthConfig, to_dict
+from ray_jobs.step1_stream import (SOURCES, check_stream_fits, dataset_config, epoch_source, latest_checkpoint_step,
+                                   step1_datasets, worker_batches)
 from ray_jobs.tracking import mlflow_run, tracking_uri
 from ray_jobs.train_common import (TrainerParts, absolute_uri, clear_stopped, fit_checked, make_torch_trainer,
                                    run_worker_loop, worker_context)
@@ -95,11 +96,12 @@ def train_loop(loop_config: dict) -> None:
     schedule = LRSchedule(d.lr, "step", d.iterations_per_epoch, total, gamma=d.lr_gamma,
                           milestones=tuple(float(e) for e in range(d.lr_step_epochs, d.epochs + 1, d.lr_step_epochs)))
     kd = KDStep(student, teacher, gen, optimizer, d.mode, d.c, device, d.max_nonfinite)
-    stream = LatentStream(gen, d.batch_size, world, rank, cfg.run.seed, second_batch=d.mode == "static_2x")
     if d.step1_source == "ray_data":  # step 1's images and teacher embeddings come from Ray Data actors
         epoch_batches = epoch_source(lambda first: worker_batches(rank, first, total, d.stream_prefetch),
                                      d.iterations_per_epoch)
     else:
+        stream = LatentStream(gen, d.batch_size, world, rank, cfg.run.seed, second_batch=d.mode == "static_2x")
+
         def epoch_batches(epoch: int, first: int):
             return stream.steps(epoch * d.iterations_per_epoch + first, (epoch + 1) * d.iterations_per_epoch)
     log.info("rank %d: step-1 batches from the %s, %d torch threads", rank,

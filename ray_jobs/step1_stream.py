@@ -13,6 +13,7 @@ made in the worker: it depends on the same batch's student output.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,12 @@ def step1_datasets(d: Any, generator_kwargs: dict[str, Any], teacher: tuple[str,
     """``{step1_rank<r>: Dataset}`` for ``d.num_workers`` ranks, from step ``first`` to ``total - 1``."""
     import ray.data
 
+    # from in-memory blocks, not ray.data.range: a read task asks for a whole CPU, which a node whose
+    # CPUs are all taken by the Train workers and the maker actors never has (the stream would hang)
+    steps = np.arange(first, max(total, first), dtype=np.int64)
+    blocks = np.array_split(steps, max(1, min(len(steps), 200)))
     out = {}
     for rank in range(d.num_workers):
-        # from in-memory blocks, not ray.data.range: a read task asks for a whole CPU, which a node whose
-        # CPUs are all taken by the Train workers and the maker actors never has (the stream would hang)
-        steps = np.arange(first, max(total, first), dtype=np.int64)
-        blocks = [b for b in np.array_split(steps, max(1, min(len(steps), 200))) if len(b)] or [steps]
         ds = ray.data.from_numpy(blocks)
         ds = ds.map_batches(lambda b: {"step": b["data"]}, batch_format="numpy", num_cpus=0)
         out[dataset_name(rank)] = ds.map_batches(
@@ -98,8 +99,6 @@ def epoch_source(batches: Callable[[int], Iterator[Step1Batch]], steps_per_epoch
 def latest_checkpoint_step(run_dir: Path, state_file: str) -> int:
     """The smallest step among the checkpoints of a Ray Train run directory (0 when there is none): a stream
     opened there covers whichever of them Ray restores (a worker skips the rows it already trained on)."""
-    import json
-
     steps = []
     for d in Path(run_dir).glob("checkpoint_*"):
         try:
