@@ -280,15 +280,33 @@ def choose_prototypes(class_protos: Mapping[str, np.ndarray], num_real: int, num
     return [(row, *picked[row]) for row in sorted(picked)]
 
 
+def seed_mean_std(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Verification figures over seeds: ``verify/<b>/accuracy`` is the mean of the seeds' accuracies and
+    ``verify/<b>/accuracy_std`` their sample std (not the folds' std), other metrics are averaged."""
+    runs = list(per_seed.values())
+    out: dict[str, float] = {}
+    for key in runs[0]:
+        if key.endswith("/accuracy_std"):
+            continue
+        vals = np.asarray([r[key] for r in runs if key in r], dtype=np.float64)
+        out[key] = float(vals.mean())
+        if key.endswith("/accuracy"):
+            out[key + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    out["num_seeds"] = float(len(runs))
+    return out
+
+
 def format_compare_table(results: dict[str, dict[str, Any]]) -> str:
-    """setting | images | classes | accuracy +- std per benchmark."""
+    """setting | images | classes | accuracy +- std per benchmark (std over the folds, or over the seeds
+    when the row has several: column ``std over``)."""
     benches = sorted({k.split("/")[1] for r in results.values() for k in r if k.endswith("/accuracy")})
-    header = ["setting", "images", "classes", *benches]
+    header = ["setting", "images", "classes", "std over", *benches]
     rows = [header]
     for setting, r in results.items():
         cells = [f"{100 * r.get(f'verify/{b}/accuracy', float('nan')):.2f} +- "
                  f"{100 * r.get(f'verify/{b}/accuracy_std', float('nan')):.2f}" for b in benches]
-        rows.append([setting, str(r["images"]), str(r["classes"]), *cells])
+        n = int(r.get("num_seeds", 1))
+        rows.append([setting, str(r["images"]), str(r["classes"]), f"{n} seeds" if n > 1 else "folds", *cells])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -3,7 +3,8 @@ synthetic dataset, (c) real + real-ID augmentation, (d) real + virtual + real-ID
 verifies all four on the same benchmarks; the part ``auggen`` is AugGen's D_aug (mixed new classes,
 ``auggen_generate which=mixed``), so ``real+auggen`` is AugGen's real + augmented FR model. Missing synthetic datasets are generated first (both
 generation runs resume), mixes are merged by identity name (``fr.data.merge``), each FR run is an ordinary
-resumable ``train_fr`` run named ``<run.name>-cmp-<setting>``.
+resumable ``train_fr`` run named ``<run.name>-cmp-<setting>`` (``-s<seed>`` added per seed when
+``compare.seeds`` lists several: the row is then the mean +- std over the seeds).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from fr.data.merge import merge_datasets
 from fr.data.shards import MANIFEST, read_dataset_json, real_image_count
-from evaluation.report import format_compare_table
+from evaluation.report import format_compare_table, seed_mean_std
 from ray_jobs import layout
 from ray_jobs.config import FacesynthConfig, with_overrides
 from ray_jobs.jobs import JOBS
@@ -100,15 +101,27 @@ def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
                 merge_datasets([dirs[p] for p in parts], train_dir, cfg.prepare.rows_per_shard,
                                {"compare_setting": setting})
             info = read_dataset_json(train_dir)
-            sub = with_overrides(cfg, [f"run.name={cfg.run.name}-cmp-{key}", f"train_fr.dataset={train_dir}",
-                                       f"train_fr.verify_bins={json.dumps(bins)}", *cfg.compare.fr_overrides])
             log.info("compare: %s: training FR on %d images of %d identities", setting, info.num_images,
                      info.num_classes)
-            out = JOBS["train_fr"](sub)
-            acc = {k: v for k, v in out["metrics"].items() if k.startswith("verify/")}
+            seeds = cfg.compare.seeds or [cfg.run.seed]
+            per_seed: dict[int, dict[str, float]] = {}
+            seconds = 0.0
+            for seed in seeds:
+                # one seed keeps the historical run name, so finished runs are found again
+                name = f"{cfg.run.name}-cmp-{key}" + (f"-s{seed}" if len(seeds) > 1 else "")
+                seed_override = [f"run.seed={seed}"] if cfg.compare.seeds else []  # after fr_overrides: it wins
+                sub = with_overrides(cfg, [f"run.name={name}", f"train_fr.dataset={train_dir}",
+                                           f"train_fr.verify_bins={json.dumps(bins)}", *cfg.compare.fr_overrides,
+                                           *seed_override])
+                out = JOBS["train_fr"](sub)
+                per_seed[seed] = {k: v for k, v in out["metrics"].items() if k.startswith("verify/")}
+                seconds += out["seconds"]
+            acc = per_seed[seeds[0]] if len(seeds) == 1 else seed_mean_std(per_seed)
             results[setting] = {"dataset": str(train_dir), "images": info.num_images, "classes": info.num_classes,
-                                "real_images": real_image_count(train_dir), "train_seconds": out["seconds"],
+                                "real_images": real_image_count(train_dir), "train_seconds": seconds,
                                 **acc}
+            if len(seeds) > 1:
+                results[setting]["seeds"] = {str(s): v for s, v in per_seed.items()}
             tracker.metrics({f"{key}/{k}": v for k, v in acc.items()})
         table = format_compare_table(results)
         print(table)

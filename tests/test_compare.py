@@ -7,6 +7,7 @@ import pytest
 
 from fr.data.shards import build_dataset_info, read_dataset_json, write_dataset_json, write_shards
 from fr.data.toyfaces import ToyFaceConfig, iter_toy_records
+from evaluation.report import seed_mean_std
 from ray_jobs.compare import _setting_parts, format_compare_table, realaug_config, run_compare, virtual_config
 from ray_jobs.config import load_config
 from ray_jobs.layout import generate_out_dir
@@ -26,9 +27,21 @@ def test_table_lists_every_setting_and_benchmark():
         "real": {"images": 10, "classes": 2, "verify/lfw/accuracy": 0.9, "verify/lfw/accuracy_std": 0.01},
         "real+virtual": {"images": 14, "classes": 3, "verify/lfw/accuracy": 0.925, "verify/lfw/accuracy_std": 0.02}})
     lines = table.splitlines()
-    assert lines[0].split() == ["setting", "images", "classes", "lfw"]
-    assert lines[2].split() == ["real", "10", "2", "90.00", "+-", "1.00"]
-    assert lines[3].split() == ["real+virtual", "14", "3", "92.50", "+-", "2.00"]
+    assert lines[0].split() == ["setting", "images", "classes", "std", "over", "lfw"]
+    assert lines[2].split() == ["real", "10", "2", "folds", "90.00", "+-", "1.00"]
+    assert lines[3].split() == ["real+virtual", "14", "3", "folds", "92.50", "+-", "2.00"]
+
+
+def test_several_seeds_give_the_mean_and_sample_std_over_seeds():
+    per_seed = {0: {"verify/lfw/accuracy": 0.90, "verify/lfw/accuracy_std": 0.01, "verify/lfw/tar_far": 0.5},
+                1: {"verify/lfw/accuracy": 0.92, "verify/lfw/accuracy_std": 0.03, "verify/lfw/tar_far": 0.7},
+                2: {"verify/lfw/accuracy": 0.94, "verify/lfw/accuracy_std": 0.02, "verify/lfw/tar_far": 0.6}}
+    row = seed_mean_std(per_seed)
+    assert row["verify/lfw/accuracy"] == pytest.approx(0.92)
+    assert row["verify/lfw/accuracy_std"] == pytest.approx(0.02)  # over the seeds (ddof 1), not the folds'
+    assert row["verify/lfw/tar_far"] == pytest.approx(0.6) and row["num_seeds"] == 3
+    table = format_compare_table({"real": {"images": 10, "classes": 2, **row}})
+    assert table.splitlines()[2].split() == ["real", "10", "2", "3", "seeds", "92.00", "+-", "2.00"]
 
 
 def test_tiny_preset_reuses_the_pipeline_virtual_set():
