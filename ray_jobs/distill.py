@@ -190,7 +190,7 @@ def run_distill(cfg: FacesynthConfig) -> dict[str, Any]:
                                              cfg.run.seed, first, d.epochs * d.iterations_per_epoch),
                   "dataset_config": dataset_config()}
     clear_stopped(export_dir)
-    with mlflow_run(cfg, JOB) as tracker:
+    with mlflow_run(cfg, JOB, resume=True) as tracker:
         teacher = checked["teacher"]
         pairs = load_pairs(checked["bins"])
         teacher_metrics = verify(teacher, pairs, prefix="teacher_")

@@ -21,6 +21,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 # ExperimentKind.CUSTOM_MODEL_DEVELOPMENT (the web app's "Machine learning" kind, landing on "Runs").
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+PARENT_TAG = "mlflow.parentRunId"
 _PARENT_RUN: list[str] = []  # set by nested_under(): the parent of runs started with no active run
 
 
@@ -116,23 +117,60 @@ def nested_under(parent_run_id: str | None) -> Iterator[None]:
         _PARENT_RUN.pop()
 
 
+def unfinished_run_id(uri: str, experiment_id: str, job: str, run_name: str) -> str | None:
+    """The latest top-level run of ``job`` for ``run_name`` if it did not finish (killed, failed, or left
+    RUNNING by a driver that died), else None: the run an interrupted training job continues in."""
+    from mlflow import MlflowClient
+
+    runs = MlflowClient(uri).search_runs(
+        [experiment_id], filter_string=f"tags.job = '{job}' and tags.run_name = '{run_name}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if runs and runs[0].info.status != "FINISHED" and PARENT_TAG not in runs[0].data.tags:
+        return runs[0].info.run_id
+    return None
+
+
+def _log_params_on_resume(run: Any, params: dict[str, str]) -> None:
+    """MLflow refuses to change a logged param: log the new keys, and name the changed ones (old -> new) in
+    the tag ``facesynth.resumed_changes`` so the review page says what the continuation ran with."""
+    import mlflow
+
+    old = run.data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in old})
+    changed = [f"{k}: {old[k]} -> {v}" for k, v in params.items() if k in old and old[k] != v]
+    resumed = int(run.data.tags.get("facesynth.resumed", "0")) + 1
+    mlflow.set_tags({"facesynth.resumed": str(resumed),
+                     **({"facesynth.resumed_changes": "; ".join(changed)[:5000]} if changed else {})})
+
+
 @contextlib.contextmanager
-def mlflow_run(cfg: FacesynthConfig, job: str) -> Iterator[Tracker]:
-    """Start an MLflow run named ``<run.name>-<job>`` with the resolved config as params."""
+def mlflow_run(cfg: FacesynthConfig, job: str, resume: bool = False) -> Iterator[Tracker]:
+    """Start an MLflow run named ``<run.name>-<job>`` with the resolved config as params.
+
+    ``resume`` (the Ray Train jobs, which continue from their checkpoints): continue the latest run of this
+    job and run name if it did not finish, so an interrupted run's curve stays in one MLflow run."""
     if not cfg.mlflow.enabled:
         yield Tracker(None)
         return
     import mlflow
 
     uri = tracking_uri(cfg)
-    ensure_experiment(uri, cfg.mlflow.experiment)
+    experiment_id = ensure_experiment(uri, cfg.mlflow.experiment)
     # a job started inside another job's run (compare -> train_fr) becomes its nested child run; one started
     # in a sweep's trial process inside nested_under() a child of the sweep's parent run
     active = mlflow.active_run() is not None
     parent = _PARENT_RUN[-1] if _PARENT_RUN and not active else None
-    with mlflow.start_run(run_name=f"{cfg.run.name}-{job}", nested=active, parent_run_id=parent) as run:
-        params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
-        mlflow.log_params(params)
+    params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
+    previous = unfinished_run_id(uri, experiment_id, job, cfg.run.name) if resume and not active and not parent \
+        else None
+    start = dict(run_id=previous) if previous else dict(run_name=f"{cfg.run.name}-{job}", nested=active,
+                                                        parent_run_id=parent)
+    with mlflow.start_run(**start) as run:
+        if previous:
+            _log_params_on_resume(mlflow.get_run(previous), params)
+            log.info("MLflow: continuing the unfinished run %s of %s", previous, job)
+        else:
+            mlflow.log_params(params)
         mlflow.set_tags({"job": job, "run_name": cfg.run.name})
         mlflow.log_dict(to_dict(cfg), "config.json")
         tracker = Tracker(run)

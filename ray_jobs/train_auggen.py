@@ -172,7 +172,7 @@ def run_train_auggen(cfg: FacesynthConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
     export_dir = layout.model_dir(cfg, "auggen").resolve()
     clear_stopped(export_dir)
-    with mlflow_run(cfg, "train_auggen") as tracker:
+    with mlflow_run(cfg, "train_auggen", resume=True) as tracker:
         tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images,
                          "edm2_params_m": sum(p.numel() for p in EDM2Denoiser(model_cfg).parameters()) / 1e6})
         loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": absolute_uri(tracking_uri(cfg)),

@@ -184,7 +184,7 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
     export_dir = layout.dit_export_dir(cfg).resolve()
     clear_stopped(export_dir)
-    with mlflow_run(cfg, "train_dit") as tracker:
+    with mlflow_run(cfg, "train_dit", resume=True) as tracker:
         model_cfg: DiTConfig = checked["model_config"]
         tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images,
                          "num_virtual": checked["prototypes"].num_virtual,

@@ -172,7 +172,7 @@ def run_train_fr(cfg: FacesynthConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
     export_dir = layout.fr_export_dir(cfg).resolve()
     clear_stopped(export_dir)
-    with mlflow_run(cfg, "train_fr") as tracker:
+    with mlflow_run(cfg, "train_fr", resume=True) as tracker:
         tracker.metrics({"num_classes": info.num_classes, "num_images": info.num_images})
         loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": absolute_uri(tracking_uri(cfg)),
                        "dataset_dir": str(data_dir.resolve()), "num_classes": info.num_classes,

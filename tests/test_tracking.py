@@ -180,3 +180,35 @@ def test_curves_figure(tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="nothing|no series"):
         plot_curves({"empty": []}, None)
+
+
+def test_an_interrupted_training_run_continues_in_the_same_mlflow_run(tmp_path, mlflow_uri):
+    cfg = _cfg(tmp_path, "train_dit.max_steps=10")
+    with pytest.raises(KeyboardInterrupt):
+        with mlflow_run(cfg, "train_dit", resume=True) as tracker:
+            first = tracker.run_id
+            tracker.metrics({"loss": 1.0}, step=1)
+            raise KeyboardInterrupt  # the job was stopped
+    # the rerun (with one setting changed) continues it: one curve, the change named
+    with mlflow_run(_cfg(tmp_path, "train_dit.max_steps=8"), "train_dit", resume=True) as tracker:
+        assert tracker.run_id == first
+        tracker.metrics({"loss": 0.5}, step=2)
+    run = mlflow.MlflowClient(mlflow_uri).get_run(first)
+    assert run.info.status == "FINISHED" and run.data.tags["facesynth.resumed"] == "1"
+    assert "train_dit.max_steps: 10 -> 8" in run.data.tags["facesynth.resumed_changes"]
+    assert [m.value for m in mlflow.MlflowClient(mlflow_uri).get_metric_history(first, "loss")] == [1.0, 0.5]
+    # a finished run is never reopened; without resume (or for another run name) a new run starts
+    with mlflow_run(cfg, "train_dit", resume=True) as tracker:
+        assert tracker.run_id != first
+    with pytest.raises(RuntimeError):
+        with mlflow_run(cfg, "evaluate") as tracker:
+            failed = tracker.run_id
+            raise RuntimeError
+    with mlflow_run(cfg, "evaluate") as tracker:
+        assert tracker.run_id != failed
+    with pytest.raises(RuntimeError):
+        with mlflow_run(cfg, "train_fr", resume=True) as tracker:
+            other = tracker.run_id
+            raise RuntimeError
+    with mlflow_run(_cfg(tmp_path, "run.name=u"), "train_fr", resume=True) as tracker:
+        assert tracker.run_id != other
