@@ -25,6 +25,7 @@ import torch
 from fr.backbones import load_backbone
 from fr.prototypes import load_prototypes
 from fr.data.shards import list_shards, read_dataset_json
+from evaluation.curves import plot_curves
 from evaluation.embed import load_evaluator, read_shard_faces
 from evaluation.independent_evaluator import FidelityProbe, flat_fidelity
 from fr.training import GlobalBatchOrder, NonFiniteGuard
@@ -107,6 +108,21 @@ def _fidelity_probe(loop_config: dict, num_real: int, device: torch.device) -> F
                           for p in list_shards(loop_config["dataset_dir"])))
     evaluator = load_evaluator(loop_config["evaluator"], None, True, device)
     return FidelityProbe(evaluator, np.concatenate(faces), np.concatenate(labels), num_real)
+
+
+LEARNING_CURVE = {"real top-1": "fidelity/real/top1", "real own-class cosine": "fidelity/real/own_cos",
+                  "virtual consistency / real": "fidelity/virtual/consistency_ratio",
+                  "virtual separability / real": "fidelity/virtual/separability_ratio"}
+
+
+def _log_learning_curve(tracker, path: Path, num_real: int, name: str) -> None:
+    """The probe's fidelity history (independent evaluator) over the steps as one figure in the run."""
+    series = {label: tracker.history(key) for label, key in LEARNING_CURVE.items()}
+    if not any(series.values()):
+        return
+    plot_curves(series, path, references={"chance top-1": 1.0 / num_real, "0.8x of real": 0.8},
+                title=f"{name}: DiT learning curve (independent evaluator, fixed probe)", ylabel="fidelity")
+    tracker.artifact(path, "learning_curve")
 
 
 def train_loop(loop_config: dict) -> None:
@@ -206,6 +222,8 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
             final_state = json.loads((Path(d) / STATE_FILE).read_text())
         summary = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         tracker.metrics({"train_seconds": seconds})
+        if t.eval_every and tracker.run is not None:
+            _log_learning_curve(tracker, export_dir / "learning_curve.png", info.num_classes, cfg.run.name)
         (export_dir / "metrics.json").write_text(json.dumps({"final": summary, "state": final_state}, indent=1))
         for name in ("config.json", "metrics.json"):
             tracker.artifact(export_dir / name, "dit_model")

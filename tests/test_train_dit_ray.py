@@ -87,6 +87,9 @@ def test_train_checkpoint_resume_export(stage1, mlflow_uri, ray_local):
     curve = client.get_metric_history(run.info.run_id, "fidelity/real/top1")
     assert [m.step for m in curve] == [6] and 0.0 <= curve[0].value <= 1.0
     assert "fidelity/virtual/consistency" in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "learning_curve")] == [
+        "learning_curve/learning_curve.png"]
+    assert (export / "learning_curve.png").stat().st_size > 0
 
 
 def test_errors_before_any_work(stage1, mlflow_uri, tmp_path):
