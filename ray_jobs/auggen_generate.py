@@ -241,5 +241,7 @@ def evaluate_repro(cfg: FacesynthConfig, out_dir: Path) -> Any:
 
     reference = _trained_on(cfg)
     read_dataset_json(reference)  # a clear error if the training set moved
-    sub = with_overrides(cfg, [f"evaluate.datasets=[{out_dir}]", f"evaluate.reference={reference}"])
+    # its own report folder: the run's VIGFace evaluation (if any) is not overwritten
+    sub = with_overrides(cfg, [f"evaluate.datasets=[{out_dir}]", f"evaluate.reference={reference}",
+                               f"evaluate.report_name={cfg.run.name}-{out_dir.parent.name}"])
     return JOBS["evaluate"](sub)

@@ -184,6 +184,7 @@ class GenerateSection:
 @dataclass
 class EvaluateSection:
     datasets: list[str] = field(default_factory=list)  # shard directories to evaluate; empty: the generate output
+    report_name: str = ""  # report folder evaluate/<report_name>; empty: evaluate/<run.name>
     reference: str = ""  # real reference dataset (normalisation + leakage); empty: the train_fr dataset
     evaluator: str = ""  # FR backbone prefix (safetensors + json) used for embeddings; empty: the train_evaluator export
     evaluator_quality: str = ""  # CR-FIQA regressor safetensors for diversity; empty: beside the evaluator if present

@@ -128,7 +128,9 @@ def evaluator_prefix(cfg: FacesynthConfig) -> Path:
 
 
 def evaluate_report_dir(cfg: FacesynthConfig) -> Path:
-    return report_dir(cfg, "evaluate")
+    """``evaluate/<run.name>``, or ``evaluate/<evaluate.report_name>``: a second evaluation in the same run
+    (AugGen's D_repro beside VIGFace's sets) gets its own folder instead of overwriting the first."""
+    return run_root(cfg) / "evaluate" / (cfg.evaluate.report_name or cfg.run.name)
 
 
 def privacy_report_dir(cfg: FacesynthConfig, dataset_name: str) -> Path:

@@ -150,3 +150,19 @@ def test_search_refuses_fr_model_of_other_data(setup, tmp_path):
     cfg = _cfg(tmp_path, f"auggen.generate.model={setup['model']}", f"auggen.search.fr_backbone={setup['fr']}")
     with pytest.raises(ConfigError, match="other identities"):
         validate_search(cfg)
+
+
+def test_d_repro_evaluation_gets_its_own_report_folder(tmp_path, monkeypatch):
+    """D_repro's evaluate must not overwrite the run's VIGFace evaluation (evaluate/<run.name>)."""
+    import ray_jobs.auggen_generate as ag
+    from ray_jobs import layout
+    from ray_jobs.jobs import JOBS
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r"])
+    assert layout.evaluate_report_dir(cfg) == tmp_path / "evaluate" / "r"
+    seen = {}
+    monkeypatch.setattr(ag, "_trained_on", lambda c: str(tmp_path / "data" / "toy" / "train"))
+    monkeypatch.setattr(ag, "read_dataset_json", lambda p: None)
+    monkeypatch.setitem(JOBS, "evaluate", lambda sub: seen.setdefault("dir", layout.evaluate_report_dir(sub)))
+    ag.evaluate_repro(cfg, tmp_path / "data" / "auggen_repro" / "train")
+    assert seen["dir"] == tmp_path / "evaluate" / "r-auggen_repro"
