@@ -107,8 +107,9 @@ def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
             per_seed: dict[int, dict[str, float]] = {}
             seconds = 0.0
             for seed in seeds:
-                # one seed keeps the historical run name, so finished runs are found again
-                name = f"{cfg.run.name}-cmp-{key}" + (f"-s{seed}" if len(seeds) > 1 else "")
+                # no compare.seeds: the historical run name, so finished runs are found again; listed seeds are
+                # named apart (a run of another seed is never taken for this one)
+                name = f"{cfg.run.name}-cmp-{key}" + (f"-s{seed}" if cfg.compare.seeds else "")
                 seed_override = [f"run.seed={seed}"] if cfg.compare.seeds else []  # after fr_overrides: it wins
                 sub = with_overrides(cfg, [f"run.name={name}", f"train_fr.dataset={train_dir}",
                                            f"train_fr.verify_bins={json.dumps(bins)}", *cfg.compare.fr_overrides,

@@ -117,7 +117,7 @@ def nested_under(parent_run_id: str | None) -> Iterator[None]:
         _PARENT_RUN.pop()
 
 
-def unfinished_run_id(uri: str, experiment_id: str, job: str, run_name: str) -> str | None:
+def unfinished_run(uri: str, experiment_id: str, job: str, run_name: str) -> Any | None:
     """The latest top-level run of ``job`` for ``run_name`` if it did not finish (killed, failed, or left
     RUNNING by a driver that died), else None: the run an interrupted training job continues in."""
     from mlflow import MlflowClient
@@ -126,7 +126,7 @@ def unfinished_run_id(uri: str, experiment_id: str, job: str, run_name: str) -> 
         [experiment_id], filter_string=f"tags.job = '{job}' and tags.run_name = '{run_name}'",
         order_by=["attributes.start_time DESC"], max_results=1)
     if runs and runs[0].info.status != "FINISHED" and PARENT_TAG not in runs[0].data.tags:
-        return runs[0].info.run_id
+        return runs[0]
     return None
 
 
@@ -161,14 +161,14 @@ def mlflow_run(cfg: FacesynthConfig, job: str, resume: bool = False) -> Iterator
     active = mlflow.active_run() is not None
     parent = _PARENT_RUN[-1] if _PARENT_RUN and not active else None
     params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
-    previous = unfinished_run_id(uri, experiment_id, job, cfg.run.name) if resume and not active and not parent \
+    previous = unfinished_run(uri, experiment_id, job, cfg.run.name) if resume and not active and not parent \
         else None
-    start = dict(run_id=previous) if previous else dict(run_name=f"{cfg.run.name}-{job}", nested=active,
-                                                        parent_run_id=parent)
+    start = dict(run_id=previous.info.run_id) if previous else dict(run_name=f"{cfg.run.name}-{job}",
+                                                                     nested=active, parent_run_id=parent)
     with mlflow.start_run(**start) as run:
         if previous:
-            _log_params_on_resume(mlflow.get_run(previous), params)
-            log.info("MLflow: continuing the unfinished run %s of %s", previous, job)
+            _log_params_on_resume(previous, params)
+            log.info("MLflow: continuing the unfinished run %s of %s", previous.info.run_id, job)
         else:
             mlflow.log_params(params)
         mlflow.set_tags({"job": job, "run_name": cfg.run.name})

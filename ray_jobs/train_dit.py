@@ -222,7 +222,7 @@ def run_train_dit(cfg: FacesynthConfig) -> dict[str, Any]:
             final_state = json.loads((Path(d) / STATE_FILE).read_text())
         summary = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         tracker.metrics({"train_seconds": seconds})
-        if t.eval_every and tracker.run is not None:
+        if t.eval_every:  # (no MLflow run: no history, nothing drawn)
             _log_learning_curve(tracker, export_dir / "learning_curve.png", info.num_classes, cfg.run.name)
         (export_dir / "metrics.json").write_text(json.dumps({"final": summary, "state": final_state}, indent=1))
         for name in ("config.json", "metrics.json"):
