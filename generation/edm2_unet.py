@@ -5,7 +5,9 @@ Written from the EDM2 facts in DESIGN.md (NVlabs/edm2 is CC BY-NC-SA: nothing is
 path is linear in a float vector ``c`` of length ``num_classes``:
 ``emb = mp_silu(mp_sum(noise_linear(fourier(c_noise)), label_linear(c * sqrt(num_classes)), t=0.5))``,
 so one-hot rows, AugGen's mixed rows ``alpha c_i + beta c_j`` and the zero row (unconditional, what
-label dropout trains) all go straight in.
+label dropout trains) all go straight in. Optionally (``label_basis_dim > 0``, not in EDM2 or AugGen: a choice
+of ours, docs/methods_auggen.md) the label linear reads ``c B sqrt(d)`` instead, with ``B`` [num_classes, d] a
+fixed buffer of unit class vectors (e.g. the target-data FR model's class prototypes): still linear in ``c``.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class EDM2Config:
     channels_per_head: int = 64
     dropout: float = 0.0
     label_balance: float = 0.5
+    label_basis_dim: int = 0  # > 0: the label path reads c @ label_basis (a fixed [num_classes, d] buffer)
     concat_balance: float = 0.5
     res_balance: float = 0.3
     attn_balance: float = 0.3
@@ -45,6 +48,8 @@ class EDM2Config:
                              f"(channel_mult has {levels} levels)")
         if self.num_classes < 1 or self.model_channels < 1 or self.num_blocks < 1:
             raise ValueError("num_classes, model_channels and num_blocks must be >= 1")
+        if self.label_basis_dim < 0:
+            raise ValueError(f"label_basis_dim must be >= 0, got {self.label_basis_dim}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,7 +132,9 @@ class EDM2UNet(nn.Module):
         cnoise, cemb = cblock[0], max(cblock)
         self.emb_fourier = MPFourier(cnoise)
         self.emb_noise = MPConv(cnoise, cemb)
-        self.emb_label = MPConv(cfg.num_classes, cemb)
+        self.emb_label = MPConv(cfg.label_basis_dim or cfg.num_classes, cemb)
+        if cfg.label_basis_dim:  # filled by set_label_basis; saved with the weights (a buffer, never trained)
+            self.register_buffer("label_basis", torch.zeros(cfg.num_classes, cfg.label_basis_dim))
         self.enc = nn.ModuleDict()
         cout = cfg.image_channels + 1  # + the constant ones channel
         for level, channels in enumerate(cblock):
@@ -158,10 +165,18 @@ class EDM2UNet(nn.Module):
         self.out_conv = MPConv(cout, cfg.image_channels, (3, 3))
         self.out_gain = nn.Parameter(torch.zeros([]))  # zero-initialised output: F = 0 at the start
 
+    def label_input(self, class_vector: torch.Tensor) -> torch.Tensor:
+        """What the label linear reads: ``c sqrt(num_classes)`` (EDM2), or ``c B sqrt(d)`` with the class basis B
+        [num_classes, d] of unit rows; either way a one-hot row has unit mean square."""
+        c = class_vector.to(self.emb_noise.weight.dtype)
+        if not self.cfg.label_basis_dim:
+            return c * math.sqrt(c.shape[1])
+        return (c @ self.label_basis.to(c.dtype)) * math.sqrt(self.cfg.label_basis_dim)
+
     def embedding(self, c_noise: torch.Tensor, class_vector: torch.Tensor) -> torch.Tensor:
-        """``mp_silu(mp_sum(noise_linear(fourier(c_noise)), label_linear(c sqrt(num_classes)), 0.5))``."""
+        """``mp_silu(mp_sum(noise_linear(fourier(c_noise)), label_linear(label_input(c)), 0.5))``."""
         emb = self.emb_noise(self.emb_fourier(c_noise))
-        label = self.emb_label(class_vector.to(emb.dtype) * math.sqrt(class_vector.shape[1]))
+        label = self.emb_label(self.label_input(class_vector).to(emb.dtype))
         return mp_silu(mp_sum(emb, label, t=self.cfg.label_balance))
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, class_vector: torch.Tensor) -> torch.Tensor:
@@ -176,6 +191,22 @@ class EDM2UNet(nn.Module):
                 x = mp_cat(x, skips.pop(), t=self.cfg.concat_balance)
             x = block(x, emb)
         return self.out_conv(x, gain=self.out_gain)
+
+
+def set_label_basis(model: "EDM2Denoiser", class_vectors: torch.Tensor) -> None:
+    """Fill the model's fixed class basis with ``class_vectors`` [num_classes, label_basis_dim] (row k = class k),
+    unit-normalised; a model without a basis, a wrong shape or a zero row is a ValueError."""
+    cfg = model.config
+    if not cfg.label_basis_dim:
+        raise ValueError("this EDM2 model has no class basis (label_basis_dim 0)")
+    vectors = torch.as_tensor(class_vectors, dtype=torch.float32)
+    if vectors.shape != (cfg.num_classes, cfg.label_basis_dim):
+        raise ValueError(f"class basis must be [{cfg.num_classes}, {cfg.label_basis_dim}], got {tuple(vectors.shape)}")
+    norms = vectors.norm(dim=1, keepdim=True)
+    if not bool(torch.isfinite(vectors).all()) or bool((norms == 0).any()):
+        raise ValueError("class basis rows must be finite and non-zero")
+    with torch.no_grad():
+        model.unet.label_basis.copy_(vectors / norms)
 
 
 def precondition(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:

@@ -3,18 +3,21 @@ synthetic dataset, (c) real + real-ID augmentation, (d) real + virtual + real-ID
 verifies all four on the same benchmarks; the part ``auggen`` is AugGen's D_aug (mixed new classes,
 ``auggen_generate which=mixed``), so ``real+auggen`` is AugGen's real + augmented FR model. Missing synthetic datasets are generated first (both
 generation runs resume), mixes are merged by identity name (``fr.data.merge``), each FR run is an ordinary
-resumable ``train_fr`` run named ``<run.name>-cmp-<setting>`` (``-s<seed>`` added per seed when
-``compare.seeds`` lists several: the row is then the mean +- std over the seeds).
+resumable ``train_fr`` run named ``<run.name>-cmp-<setting>-<data>`` (``<data>``: 8 hex digits of the
+training data's content fingerprint, so a regenerated synthetic set trains new runs instead of reusing ones
+trained on its earlier version; ``-s<seed>`` added per seed when ``compare.seeds`` lists several: the row is
+then the mean +- std over the seeds).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from fr.data.merge import merge_datasets
-from fr.data.shards import MANIFEST, read_dataset_json, real_image_count
+from fr.data.shards import MANIFEST, content_fingerprint, read_dataset_json, real_image_count
 from evaluation.report import format_compare_table, seed_mean_std
 from ray_jobs import layout
 from ray_jobs.config import FacesynthConfig, with_overrides
@@ -48,12 +51,13 @@ def realaug_config(cfg: FacesynthConfig) -> FacesynthConfig:
     """The ``generate`` config of the real-ID augmentation (every real class topped up to ``augment_real_to``).
 
     Real-ID augmentation shows real people: it is not claimed privacy-free, so no privacy gate here.
+    ``compare.realaug_overrides`` apply to it alone (after ``generate_overrides``), e.g. its own guidance.
     """
     c = cfg.compare
     return with_overrides(cfg, ["generate.which=real", "generate.num_identities=0",
                                 f"generate.augment_real_to={c.augment_real_to}",
                                 f"generate.dataset_name={c.realaug_name}", "generate.privacy_check=false",
-                                *c.generate_overrides])
+                                *c.generate_overrides, *c.realaug_overrides])
 
 
 def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
@@ -84,6 +88,11 @@ def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
     return dirs
 
 
+def data_tag(directories: list[Path]) -> str:
+    """8 hex digits naming the content of a setting's input datasets (``fr.data.shards.content_fingerprint``)."""
+    return hashlib.sha1("".join(content_fingerprint(d) for d in directories).encode()).hexdigest()[:8]
+
+
 def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
     settings = {s: _setting_parts(s) for s in cfg.compare.settings}
     bins = [str(b.resolve()) for b in layout.verify_bins(cfg)]  # the real benchmarks, for every setting
@@ -94,10 +103,11 @@ def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
     with mlflow_run(cfg, "compare") as tracker:
         for setting, parts in settings.items():
             key = setting.replace("+", "_")
+            tag = data_tag([dirs[p] for p in parts])
             if len(parts) == 1:
                 train_dir = dirs[parts[0]]
             else:
-                train_dir = layout.dataset_dir(cfg, f"compare_{key}")
+                train_dir = layout.dataset_dir(cfg, f"compare_{key}_{tag}")
                 merge_datasets([dirs[p] for p in parts], train_dir, cfg.prepare.rows_per_shard,
                                {"compare_setting": setting})
             info = read_dataset_json(train_dir)
@@ -107,9 +117,9 @@ def run_compare(cfg: FacesynthConfig) -> dict[str, Any]:
             per_seed: dict[int, dict[str, float]] = {}
             seconds = 0.0
             for seed in seeds:
-                # no compare.seeds: the historical run name, so finished runs are found again; listed seeds are
-                # named apart (a run of another seed is never taken for this one)
-                name = f"{cfg.run.name}-cmp-{key}" + (f"-s{seed}" if cfg.compare.seeds else "")
+                # the same data gives the same name, so finished runs are found again; listed seeds are named
+                # apart (a run of another seed is never taken for this one)
+                name = f"{cfg.run.name}-cmp-{key}-{tag}" + (f"-s{seed}" if cfg.compare.seeds else "")
                 seed_override = [f"run.seed={seed}"] if cfg.compare.seeds else []  # after fr_overrides: it wins
                 sub = with_overrides(cfg, [f"run.name={name}", f"train_fr.dataset={train_dir}",
                                            f"train_fr.verify_bins={json.dumps(bins)}", *cfg.compare.fr_overrides,

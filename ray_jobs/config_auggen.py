@@ -17,6 +17,9 @@ class AugGenTrainSection:
     p_mean: float = -0.8
     p_std: float = 1.6
     label_dropout: float = 0.1  # CFG training; 0 = no unconditional branch
+    # "" = EDM2's one-hot label embedding; "stage1" = a fixed class basis from this run's train_fr prototypes
+    # (M_orig, trained on the same data), or a prototypes prefix: generation.edm2_label_basis (our addition)
+    label_basis: str = ""
     ema_stds: list[float] = field(default_factory=lambda: [0.05, 0.10])  # power-function EMA profiles
     export_std: float = 0.10  # EMA width of the exported model (reconstructed post hoc if not a profile)
     snapshot_every: int = 4_000  # EMA snapshots for the post-hoc reconstruction; 0 = none (export a profile)

@@ -20,14 +20,16 @@ import ray.train
 import ray.train.torch
 import torch
 
-from fr.data.shards import check_labels, read_dataset_json
+from fr.data.shards import check_labels, content_fingerprint, read_dataset_json
+from fr.prototypes import PrototypeFileError, load_prototypes
 from fr.training import GlobalBatchOrder, NonFiniteGuard
 from generation.edm2_checkpoint import export_from_checkpoint, load_edm2_checkpoint, save_edm2_checkpoint
 from generation.edm2_data import EDM2FaceData
 from generation.edm2_ema import PowerEMA, std_to_gamma
 from generation.edm2_loss import EDM2LossConfig, edm2_train_step, learning_rate, make_optimizer, one_hot
+from generation.edm2_label_basis import LabelBasisError, label_basis_from_prototypes
 from generation.edm2_sampler import sample_edm2, validate_edm_sampling
-from generation.edm2_unet import EDM2Config, EDM2Denoiser, edm2_config
+from generation.edm2_unet import EDM2Config, EDM2Denoiser, edm2_config, set_label_basis
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import ConfigError, FacesynthConfig, to_dict
@@ -41,6 +43,15 @@ SNAPSHOT_DIR = "ema_snapshots"
 
 def auggen_dataset_dir(cfg: FacesynthConfig) -> Path:
     return Path(cfg.auggen.train.dataset) if cfg.auggen.train.dataset else layout.real_dataset_dir(cfg)
+
+
+def label_basis_prefix(cfg: FacesynthConfig) -> Path | None:
+    """The prototypes behind ``auggen.train.label_basis``: None (one-hot), this run's train_fr export ("stage1")
+    or the given prefix."""
+    basis = cfg.auggen.train.label_basis
+    if not basis:
+        return None
+    return layout.fr_export_dir(cfg) / "prototypes" if basis == "stage1" else Path(basis)
 
 
 def validate_train_auggen(cfg: FacesynthConfig) -> dict[str, Any]:
@@ -65,11 +76,19 @@ def validate_train_auggen(cfg: FacesynthConfig) -> dict[str, Any]:
     check_labels(data_dir, info.num_classes)
     if info.num_images < t.batch_size:
         raise ConfigError(f"auggen.train.batch_size {t.batch_size} exceeds the {info.num_images} images of {data_dir}")
+    basis_prefix, basis_kwargs = label_basis_prefix(cfg), {}
+    if basis_prefix is not None:
+        try:
+            basis = label_basis_from_prototypes(load_prototypes(basis_prefix), info.identities,
+                                                f"auggen.train.label_basis {basis_prefix}")
+        except (PrototypeFileError, LabelBasisError) as exc:
+            raise ConfigError(str(exc)) from exc
+        basis_kwargs = {"label_basis_dim": int(basis.shape[1])}
     try:
-        model_cfg = edm2_config(t.size, info.num_classes, **t.model_kwargs)
+        model_cfg = edm2_config(t.size, info.num_classes, **{**t.model_kwargs, **basis_kwargs})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"auggen.train.size/model_kwargs: {exc}") from exc
-    return {"data_dir": data_dir, "info": info, "model_config": model_cfg}
+    return {"data_dir": data_dir, "info": info, "model_config": model_cfg, "label_basis": basis_prefix}
 
 
 def grid_classes(num_classes: int, n: int) -> list[int]:
@@ -89,7 +108,11 @@ def train_loop(loop_config: dict) -> None:
     data = EDM2FaceData(loop_config["dataset_dir"], loop_config["image_size"], model_cfg.image_size, t.hflip,
                         cfg.run.seed)
     order = GlobalBatchOrder(len(data), t.batch_size, world, rank, cfg.run.seed)
-    model = EDM2Denoiser(model_cfg).to(device)
+    model = EDM2Denoiser(model_cfg)
+    if loop_config.get("label_basis"):  # before the EMA copies the model (a resume loads the same buffer)
+        set_label_basis(model, label_basis_from_prototypes(load_prototypes(loop_config["label_basis"]),
+                                                           read_dataset_json(loop_config["dataset_dir"]).identities))
+    model = model.to(device)
     ema = PowerEMA(model, tuple(t.ema_stds))
     optimizer = make_optimizer(model, t.ref_lr)
     loss_cfg = EDM2LossConfig(t.p_mean, t.p_std, model_cfg.sigma_data, t.label_dropout)
@@ -157,7 +180,8 @@ def train_loop(loop_config: dict) -> None:
         batch_images=lambda batch: batch[0].shape[0], save=save, load=load, nonfinite_total=lambda: guard.total,
         state_fields=lambda s: {"global_batch": t.batch_size, "num_images": len(data),
                                 "skipped_records": data.num_skipped},
-        start=start, periodic=periodic if rank == 0 else None)
+        start=start, periodic=periodic if rank == 0 else None,
+        dataset_fingerprint=content_fingerprint(loop_config["dataset_dir"]))
     run_worker_loop(wc, parts, t, export_dir, "train_auggen")
 
 
@@ -177,7 +201,8 @@ def run_train_auggen(cfg: FacesynthConfig) -> dict[str, Any]:
                          "edm2_params_m": sum(p.numel() for p in EDM2Denoiser(model_cfg).parameters()) / 1e6})
         loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": absolute_uri(tracking_uri(cfg)),
                        "dataset_dir": str(checked["data_dir"].resolve()), "image_size": info.image_size,
-                       "model_config": model_cfg.to_dict(), "export_dir": str(export_dir)}
+                       "model_config": model_cfg.to_dict(), "export_dir": str(export_dir),
+                       "label_basis": str(checked["label_basis"].resolve()) if checked["label_basis"] else ""}
         trainer = make_torch_trainer(train_loop, loop_config, name=f"{cfg.run.name}-train_auggen",
                                      storage=layout.ray_storage(cfg), num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      cpus_per_worker=t.cpus_per_worker, max_failures=t.max_failures,

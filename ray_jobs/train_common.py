@@ -163,7 +163,8 @@ class TrainerParts:
     resume record (every rank, may be collective). ``start(state)``: once on every rank after the resume
     and before the first step (wrap the model in DDP, build the step with the restored counters).
     ``periodic(step, last)``: rank 0 only, e.g. the verification or a sample grid; returns metrics to
-    log (its time is not counted in images/s).
+    log (its time is not counted in images/s). ``dataset_fingerprint``: the training set's
+    ``fr.data.shards.content_fingerprint``, saved in the state; a resume onto a changed dataset is refused.
     """
 
     total_steps: int
@@ -178,6 +179,7 @@ class TrainerParts:
     on_resume: Callable[[dict], dict] | None = None
     start: Callable[[dict], None] | None = None
     periodic: Callable[[int, bool], dict | None] | None = None
+    dataset_fingerprint: str | None = None
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -194,6 +196,11 @@ def resume_state(wc: "WorkerContext", parts: TrainerParts) -> dict[str, Any]:
         return state
     with checkpoint.as_directory() as d:
         state = parts.load(Path(d))
+    saved = state.get("dataset_fingerprint")
+    if parts.dataset_fingerprint and saved and saved != parts.dataset_fingerprint:
+        raise ValueError(f"run {wc.cfg.run.name!r} was checkpointed at step {state['step']} on another version of "
+                         f"its training set (the dataset was regenerated or edited since): resuming would mix the "
+                         f"two. Use another run.name, or delete the run's folder under ray_train/ to start over.")
     record = {"step": state["step"], "saved_world_size": state.get("world_size"), "world_size": wc.world}
     if parts.on_resume is not None:
         record.update(parts.on_resume(state))
@@ -249,6 +256,8 @@ def run_worker_loop(wc: "WorkerContext", parts: TrainerParts, section: Any, expo
 
     def save(final: bool) -> None:
         state.update(step=step, nonfinite_total=parts.nonfinite_total(), world_size=world, **parts.state_fields(step))
+        if parts.dataset_fingerprint:
+            state["dataset_fingerprint"] = parts.dataset_fingerprint
         with tempfile.TemporaryDirectory() as tmp:
             parts.save(Path(tmp), dict(state), rank == 0)
             report = dict(metrics, step=step, final=float(final))

@@ -24,7 +24,7 @@ import torch
 
 from fr.backbones import load_backbone
 from fr.prototypes import load_prototypes
-from fr.data.shards import list_shards, read_dataset_json
+from fr.data.shards import content_fingerprint, list_shards, read_dataset_json
 from evaluation.curves import plot_curves
 from evaluation.embed import load_evaluator, read_shard_faces
 from evaluation.independent_evaluator import FidelityProbe, flat_fidelity
@@ -185,7 +185,8 @@ def train_loop(loop_config: dict) -> None:
         nonfinite_total=lambda: guard.total,
         state_fields=lambda i: {"batch_size": t.batch_size, "epoch": i // order.steps_per_epoch,
                                 "batch_in_epoch": i % order.steps_per_epoch},
-        on_resume=lambda state: {"model_sha1": weights_sha1(model)}, start=start, periodic=periodic)
+        on_resume=lambda state: {"model_sha1": weights_sha1(model)}, start=start, periodic=periodic,
+        dataset_fingerprint=content_fingerprint(loop_config["dataset_dir"]))
     run_worker_loop(wc, parts, t, Path(loop_config["export_dir"]), "train_dit")
 
 

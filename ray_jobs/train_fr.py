@@ -24,7 +24,7 @@ import torch
 from evaluation.backbone_verification import evaluate_backbone, verification_sets
 from fr.augment import AugmentConfig, FaceAugment
 from fr.data.face_dataset import FaceShardDataset
-from fr.data.shards import check_labels, read_dataset_json
+from fr.data.shards import check_labels, content_fingerprint, read_dataset_json
 from fr.fr_model import FRNet, build_fr_net, export_fr_model, load_fr_checkpoint, save_fr_checkpoint
 from fr.head_registry import HeadSpec, build_head
 from fr.heads import ClassifierHead
@@ -153,7 +153,8 @@ def train_loop(loop_config: dict) -> None:
         batch_images=lambda batch: batch[0].shape[0], save=save, load=load,
         nonfinite_total=lambda: steps["fr"].guard.total,
         state_fields=lambda step: {"total_steps": total_steps, "global_batch": t.batch_size, "num_images": len(dataset)},
-        on_resume=on_resume, start=start, periodic=periodic)
+        on_resume=on_resume, start=start, periodic=periodic,
+        dataset_fingerprint=content_fingerprint(loop_config["dataset_dir"]))
     run_worker_loop(wc, parts, t, Path(loop_config["export_dir"]), "train_fr")
 
 

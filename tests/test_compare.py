@@ -1,5 +1,6 @@
 """compare: VIGFace Tables 1-2 chain (settings, table, reuse of the pipeline's dataset, a small real run)."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,8 @@ def test_tiny_preset_reuses_the_pipeline_virtual_set():
     aug = realaug_config(cfg).generate
     assert aug.which == "real" and aug.augment_real_to == cfg.compare.augment_real_to and not aug.privacy_check
     assert generate_out_dir(realaug_config(cfg)) != generate_out_dir(cfg)
+    own = load_config(CONFIGS / "tiny.yaml", ["compare.realaug_overrides=[generate.guidance=2.5]"])
+    assert realaug_config(own).generate.guidance == 2.5 and virtual_config(own).generate == own.generate
 
 
 @pytest.mark.slow
@@ -61,11 +64,7 @@ def test_compare_trains_and_verifies_every_setting(tmp_path, mlflow_uri, ray_loc
     run_prepare(load_config(None, base))
     # a stand-in for a generated virtual set: toy faces of 3 other identities, named as virtual ones
     virtual = tmp_path / "virtual"
-    recs = list(iter_toy_records(ToyFaceConfig(num_identities=3, min_images=2, max_images=2, seed=99), [0, 1, 2]))
-    for r in recs:
-        r.update(identity=f"virtual_{r['label']}", source="synthetic")
-    write_shards(virtual, recs, rows_per_shard=4)
-    write_dataset_json(virtual, build_dataset_info(virtual, 112, {"test": True}))
+    _virtual_set(virtual, 99)
 
     fr = ["train_fr.backbone=iresnet_tiny", "train_fr.backbone_kwargs={base_width: 8, input_size: 32, auto_resize: true}",
           "train_fr.num_virtual=0", "train_fr.crfiqa=false", "train_fr.batch_size=8", "train_fr.max_steps=2",
@@ -84,3 +83,20 @@ def test_compare_trains_and_verifies_every_setting(tmp_path, mlflow_uri, ray_loc
     saved = json.loads((tmp_path / "compare" / "cmp" / "compare.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert np.isfinite(saved["real"]["verify/toy_verify/accuracy"])
+    # the virtual set regenerated: its setting trains a new run (new data tag), the real one is found again
+    runs_before = sorted(p.name for p in (tmp_path / "fr").iterdir())
+    shutil.rmtree(virtual)
+    _virtual_set(virtual, 7)
+    again = run_compare(cfg)
+    runs_after = sorted(p.name for p in (tmp_path / "fr").iterdir())
+    new_runs = sorted(set(runs_after) - set(runs_before))
+    assert len(new_runs) == 1 and new_runs[0].startswith("cmp-cmp-real_virtual-")
+    assert again["real"]["verify/toy_verify/accuracy"] == results["real"]["verify/toy_verify/accuracy"]
+
+
+def _virtual_set(directory, seed):
+    recs = list(iter_toy_records(ToyFaceConfig(num_identities=3, min_images=2, max_images=2, seed=seed), [0, 1, 2]))
+    for r in recs:
+        r.update(identity=f"virtual_{r['label']}", source="synthetic")
+    write_shards(directory, recs, rows_per_shard=4)
+    write_dataset_json(directory, build_dataset_info(directory, 112, {"test": True}))

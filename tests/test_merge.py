@@ -27,8 +27,18 @@ def test_merge_relabels_by_identity(tmp_path):
     assert [r["image"] for r in rows] == [r["image"] for r in real + aug + virt]
     assert all(info.identities[r["label"]] == r["identity"] for r in rows)
     assert [r["source"] for r in rows].count("synthetic") == 6
-    # finished: returned as is
-    assert merge_datasets([tmp_path / "real"], tmp_path / "mix").num_images == 10
+    # finished: returned as is for the same inputs; other or regenerated inputs are refused, not reused
+    assert merge_datasets([tmp_path / "real", tmp_path / "aug", tmp_path / "virt"], tmp_path / "mix").num_images == 10
+    with pytest.raises(ShardError, match="earlier version"):
+        merge_datasets([tmp_path / "real"], tmp_path / "mix")
+    _dataset(tmp_path / "virt2", ["virtual_0", "virtual_1"], 3, "synthetic", 3)
+    for p in list_shards(tmp_path / "virt"):
+        p.unlink()
+    for p in list_shards(tmp_path / "virt2"):
+        p.rename(tmp_path / "virt" / p.name)
+    (tmp_path / "virt2" / "dataset.json").replace(tmp_path / "virt" / "dataset.json")
+    with pytest.raises(ShardError, match=r"earlier version of \[.*virt'\]"):
+        merge_datasets([tmp_path / "real", tmp_path / "aug", tmp_path / "virt"], tmp_path / "mix")
 
 
 def test_merge_errors(tmp_path):

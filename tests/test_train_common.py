@@ -43,3 +43,29 @@ def test_local_ray_workers_inherit_the_local_env(ray_local):
         return {key: os.environ.get(key) for key in LOCAL_TRAIN_ENV}
 
     assert ray_local.get(worker_env.remote()) == {key: os.environ[key] for key in LOCAL_TRAIN_ENV}
+
+
+def test_resume_onto_a_changed_dataset_is_refused(tmp_path, monkeypatch):
+    import contextlib
+    import json
+    from types import SimpleNamespace
+
+    import pytest
+    import ray.train
+
+    from ray_jobs.train_common import TrainerParts, resume_state
+
+    saved = {"step": 7, "dataset_fingerprint": "aaa"}
+    checkpoint = SimpleNamespace(as_directory=lambda: contextlib.nullcontext(str(tmp_path)))
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: checkpoint)
+    wc = SimpleNamespace(cfg=SimpleNamespace(run=SimpleNamespace(name="r")), rank=0, world=1)
+
+    def parts(fingerprint):
+        return TrainerParts(total_steps=10, steps_per_epoch=5, epoch_batches=None, step=None, batch_images=None,
+                            save=None, load=lambda d: json.loads(json.dumps(saved)), nonfinite_total=lambda: 0,
+                            dataset_fingerprint=fingerprint)
+
+    assert resume_state(wc, parts("aaa"))["step"] == 7
+    assert resume_state(wc, parts(None))["step"] == 7  # a trainer without a dataset (distill)
+    with pytest.raises(ValueError, match="'r' was checkpointed at step 7 on another version of its training set"):
+        resume_state(wc, parts("bbb"))

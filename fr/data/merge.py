@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from fr.data.shards import (MANIFEST, DatasetInfo, ShardError, build_dataset_info, iter_records, list_shards,
-                       read_dataset_json, write_dataset_json, write_shards)
+from fr.data.shards import (MANIFEST, DatasetInfo, ShardError, build_dataset_info, content_fingerprint, iter_records,
+                            list_shards, read_dataset_json, write_dataset_json, write_shards)
 
 
 def _records(directories: list[Path], mapping: dict[str, int]) -> Iterator[dict]:
@@ -24,8 +24,9 @@ def merge_datasets(directories: list[str | Path], out_dir: str | Path, rows_per_
                    provenance: dict[str, Any] | None = None) -> DatasetInfo:
     """Write the union of ``directories`` to ``out_dir`` (labels by identity, in order of first appearance).
 
-    A finished merge (``dataset.json`` present) is returned as it is; a partial one is an error rather
-    than being silently overwritten.
+    A finished merge (``dataset.json`` present) of the same inputs is returned as it is; one whose inputs
+    changed since (their ``content_fingerprint`` is recorded in the provenance) and a partial one are errors
+    rather than being silently reused or overwritten.
     """
     dirs = [Path(d) for d in directories]
     if not dirs:
@@ -34,12 +35,19 @@ def merge_datasets(directories: list[str | Path], out_dir: str | Path, rows_per_
     if len(sizes) != 1:
         raise ShardError(f"merge_datasets: inputs have different image sizes {sorted(sizes)}: {dirs}")
     out = Path(out_dir)
+    fingerprints = [content_fingerprint(d) for d in dirs]
     if (out / MANIFEST).exists():
-        return read_dataset_json(out)
+        info = read_dataset_json(out)
+        recorded = info.provenance.get("input_fingerprints")
+        if recorded is not None and recorded != fingerprints:
+            changed = [str(d) for d, a, b in zip(dirs, fingerprints, recorded) if a != b] or [str(d) for d in dirs]
+            raise ShardError(f"{out} merges an earlier version of {changed} (regenerated since): remove {out} "
+                             f"to merge the current one")
+        return info
     if out.exists() and any(out.glob("part-*.parquet")):
         raise ShardError(f"{out} holds shards of an unfinished merge; remove it to merge again")
     write_shards(out, _records(dirs, {}), rows_per_shard)
     info = build_dataset_info(out, sizes.pop(), {"source": "merge", "inputs": [str(d) for d in dirs],
-                                                  **(provenance or {})})
+                                                  "input_fingerprints": fingerprints, **(provenance or {})})
     write_dataset_json(out, info)
     return info

@@ -7,6 +7,7 @@ so a reader never sees half a shard and an interrupted job loses at most the sha
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,16 @@ def list_shards(directory: str | Path) -> list[Path]:
     if not paths:
         raise ShardError(f"shard directory {str(d)!r} contains no {SHARD_GLOB} files")
     return paths
+
+
+def content_fingerprint(directory: str | Path) -> str:
+    """SHA-1 over a dataset's manifest bytes and its shards' names and sizes: changes when the dataset is
+    regenerated or edited, not when it is copied elsewhere (no paths or times in it)."""
+    d = Path(directory)
+    h = hashlib.sha1((d / MANIFEST).read_bytes() if (d / MANIFEST).is_file() else b"")
+    for p in list_shards(d):
+        h.update(f"{p.name}:{p.stat().st_size};".encode())
+    return h.hexdigest()
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
