@@ -233,6 +233,7 @@ class CompareSection:
     realaug_name: str = "vigface_realaug"  # dataset name of the real-ID augmentation (generated if missing)
     augment_real_to: int = 50  # real-ID augmentation tops every real class below this up to it
     realaug_overrides: list[str] = field(default_factory=list)  # key=value for the real-ID augmentation only
+    report_name: str = ""  # table folder compare/<report_name>; empty: compare/<run.name>
     fr_overrides: list[str] = field(default_factory=list)  # key=value overrides for the four FR runs
     # FR seeds per setting; empty: run.seed once. Several: one run per seed, the row is mean +- std over them
     seeds: list[int] = field(default_factory=list)

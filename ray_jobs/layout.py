@@ -138,7 +138,9 @@ def privacy_report_dir(cfg: FacesynthConfig, dataset_name: str) -> Path:
 
 
 def compare_report_dir(cfg: FacesynthConfig) -> Path:
-    return report_dir(cfg, "compare")
+    """``compare/<run.name>``, or ``compare/<compare.report_name>``: a comparison of other settings in the same
+    run (e.g. AugGen's real vs real+auggen beside VIGFace's four) gets its own table instead of overwriting."""
+    return run_root(cfg) / "compare" / (cfg.compare.report_name or cfg.run.name)
 
 
 def auggen_model_dir(cfg: FacesynthConfig) -> Path:

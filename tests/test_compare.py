@@ -100,3 +100,11 @@ def _virtual_set(directory, seed):
         r.update(identity=f"virtual_{r['label']}", source="synthetic")
     write_shards(directory, recs, rows_per_shard=4)
     write_dataset_json(directory, build_dataset_info(directory, 112, {"test": True}))
+
+
+def test_report_name_keeps_tables_apart(tmp_path):
+    from ray_jobs.layout import compare_report_dir
+
+    base = [f"run.output_dir={tmp_path}", "run.name=r"]
+    assert compare_report_dir(load_config(None, base)) == tmp_path / "compare" / "r"
+    assert compare_report_dir(load_config(None, base + ["compare.report_name=auggen"])).name == "auggen"
