@@ -18,8 +18,6 @@ Prints a table, writes ``bench/results/dit_guidance_select_<name>.json`` and one
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -97,7 +95,8 @@ def main() -> None:
         points.append(point)
         print(f"[{args.name}] g={g:g}: " + " ".join(f"{k}={v:.3f}" for k, v in point.items() if k != "guidance"),
               flush=True)
-        pick = np.concatenate([np.arange(i * args.images, (i + 1) * args.images) for i in range(min(8, len(rows) // args.images))])
+        shown = min(8, len(rows) // args.images)  # the first 8 identities, all their images
+        pick = np.arange(shown * args.images)
         image_grid(list(faces[pick]), args.images, grid_dir / f"{args.name}_g{g:g}.png",
                    labels=[f"v{r - protos.num_real}" for r in rows[pick]])
     chosen = choose_guidance(points)

@@ -168,15 +168,14 @@ class EDM2UNet(nn.Module):
     def label_input(self, class_vector: torch.Tensor) -> torch.Tensor:
         """What the label linear reads: ``c sqrt(num_classes)`` (EDM2), or ``c B sqrt(d)`` with the class basis B
         [num_classes, d] of unit rows; either way a one-hot row has unit mean square."""
-        c = class_vector.to(self.emb_noise.weight.dtype)
         if not self.cfg.label_basis_dim:
-            return c * math.sqrt(c.shape[1])
-        return (c @ self.label_basis.to(c.dtype)) * math.sqrt(self.cfg.label_basis_dim)
+            return class_vector * math.sqrt(class_vector.shape[1])
+        return (class_vector @ self.label_basis.to(class_vector.dtype)) * math.sqrt(self.cfg.label_basis_dim)
 
     def embedding(self, c_noise: torch.Tensor, class_vector: torch.Tensor) -> torch.Tensor:
         """``mp_silu(mp_sum(noise_linear(fourier(c_noise)), label_linear(label_input(c)), 0.5))``."""
         emb = self.emb_noise(self.emb_fourier(c_noise))
-        label = self.emb_label(self.label_input(class_vector).to(emb.dtype))
+        label = self.emb_label(self.label_input(class_vector.to(emb.dtype)))
         return mp_silu(mp_sum(emb, label, t=self.cfg.label_balance))
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, class_vector: torch.Tensor) -> torch.Tensor:
