@@ -106,8 +106,6 @@ def export_from_checkpoint(checkpoint_dir: str | Path, snapshot_dir: str | Path,
                            export_std: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export the EMA of width ``export_std``: the checkpoint's profile if it is one, else the post-hoc
     reconstruction from the snapshots in ``snapshot_dir``. Returns how it was made (written to config.json)."""
-    from generation.edm2_ema import reconstruct_ema
-
     d = Path(checkpoint_dir)
     state = json.loads((d / STATE_FILE).read_text())
     model = EDM2Denoiser(EDM2Config.from_dict(state["model_config"]))
@@ -118,10 +116,32 @@ def export_from_checkpoint(checkpoint_dir: str | Path, snapshot_dir: str | Path,
         weights = {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
         how = {"ema": "power", "ema_std": float(export_std), "from": "profile", "step": state["step"]}
     else:
-        buffers = tuple(k for k, _ in model.named_buffers())
-        weights, info = reconstruct_ema(snapshot_dir, export_std, keep_keys=buffers)
-        how = {"ema": "power", "ema_std": float(export_std), "from": "post-hoc reconstruction", **info}
+        weights, how = _posthoc_weights(model, snapshot_dir, export_std)
     model.load_state_dict(weights)  # refuse to export weights that do not fit
     save_edm2_model(model, out_dir, extra={**(extra or {}), "export": how})
+    load_edm2_model(out_dir)
+    return how
+
+
+def _posthoc_weights(model: EDM2Denoiser, snapshot_dir: str | Path, std: float) -> tuple[dict, dict[str, Any]]:
+    from generation.edm2_ema import reconstruct_ema
+
+    buffers = tuple(k for k, _ in model.named_buffers())
+    weights, info = reconstruct_ema(snapshot_dir, std, keep_keys=buffers)
+    return weights, {"ema": "power", "ema_std": float(std), "from": "post-hoc reconstruction", **info}
+
+
+def export_ema_width(model_dir: str | Path, snapshot_dir: str | Path, out_dir: str | Path, std: float) -> dict[str, Any]:
+    """Re-export a finished export at another EMA width ``std``, reconstructed post hoc from the training's
+    snapshots (EDM2's point: the EMA length is chosen after training, no retraining). ``out_dir`` must differ
+    from ``model_dir`` (the original export is never overwritten); the provenance is kept, ``export`` replaced."""
+    if Path(out_dir).resolve() == Path(model_dir).resolve():
+        raise EDM2CheckpointError(f"{out_dir}: the re-export must go to a new directory, not over {model_dir}")
+    config = read_edm2_config(model_dir)
+    model = EDM2Denoiser(EDM2Config.from_dict(config["model"]))
+    weights, how = _posthoc_weights(model, snapshot_dir, std)
+    model.load_state_dict(weights)
+    extra = {k: v for k, v in config.items() if k not in (KIND_KEY, "model")}
+    save_edm2_model(model, out_dir, extra={**extra, "export": {**how, "re_exported_from": str(model_dir)}})
     load_edm2_model(out_dir)
     return how

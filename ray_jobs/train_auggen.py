@@ -100,6 +100,12 @@ def grid_classes(num_classes: int, n: int) -> list[int]:
 # worker side
 
 
+def autocast_dtype(t: Any, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a GPU with ``auggen.train.bf16``, on the CPU only with ``auggen.train.cpu_bf16``."""
+    on = t.bf16 if device.type == "cuda" else t.cpu_bf16 if device.type == "cpu" else False
+    return torch.bfloat16 if on else None
+
+
 def train_loop(loop_config: dict) -> None:
     wc = worker_context(loop_config, "auggen")  # GPU if auggen.train.use_gpu (AugGenSection.use_gpu)
     cfg, rank, world, device = wc.cfg, wc.rank, wc.world, wc.device
@@ -116,7 +122,7 @@ def train_loop(loop_config: dict) -> None:
     ema = PowerEMA(model, tuple(t.ema_stds))
     optimizer = make_optimizer(model, t.ref_lr)
     loss_cfg = EDM2LossConfig(t.p_mean, t.p_std, model_cfg.sigma_data, t.label_dropout)
-    amp = torch.bfloat16 if t.bf16 and device.type == "cuda" else None
+    amp = autocast_dtype(t, device)
     guard = NonFiniteGuard(t.max_nonfinite)
     export_dir = Path(loop_config["export_dir"])
     modules: dict[str, Any] = {"model": model}

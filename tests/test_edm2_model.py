@@ -171,3 +171,33 @@ def test_overfit_four_classes_regenerates_each_class():
     means = base.reshape(4, -1)
     pred = torch.cdist(x.reshape(12, -1), means).argmin(1)
     assert pred.tolist() == torch.arange(4).repeat_interleave(3).tolist()
+
+
+def test_export_ema_width_reexports_another_width_without_touching_the_export(tmp_path):
+    """EDM2's post-hoc EMA choice: a finished export re-exported at another width from its snapshots equals the
+    reconstruction, keeps the provenance, and never writes over the original export."""
+    from generation.edm2_checkpoint import EDM2CheckpointError, export_ema_width, load_edm2_model
+
+    torch.manual_seed(0)
+    model = EDM2Denoiser(_cfg())
+    ema = PowerEMA(model)
+    for step in (1, 2, 3):
+        _train(model, torch.rand(4, 3, 8, 8) * 2 - 1, torch.arange(4), 1)
+        ema.update(model)
+        ema.write_snapshots(tmp_path / "snaps", step)
+    save_edm2_model(ema.module_for(0.10), tmp_path / "m", extra={"trained_on": "/data/x", "export": {"ema_std": 0.1}})
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    how = export_ema_width(tmp_path / "m", tmp_path / "snaps", tmp_path / "m-ema0.050", 0.05)
+    assert how["ema_std"] == 0.05 and how["from"] == "post-hoc reconstruction"
+    buffers = tuple(k for k, _ in model.named_buffers())
+    rec, _ = reconstruct_ema(tmp_path / "snaps", 0.05, keep_keys=buffers)
+    out = load_edm2_model(tmp_path / "m-ema0.050")
+    for k, v in out.state_dict().items():
+        torch.testing.assert_close(v, rec[k])
+    import json
+
+    config = json.loads((tmp_path / "m-ema0.050" / "config.json").read_text())
+    assert config["trained_on"] == "/data/x" and config["export"]["re_exported_from"] == str(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    with pytest.raises(EDM2CheckpointError, match="new directory"):
+        export_ema_width(tmp_path / "m", tmp_path / "snaps", tmp_path / "m", 0.05)

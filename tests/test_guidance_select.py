@@ -1,4 +1,5 @@
-"""The guidance-selection rule of bench/dit_guidance_select.py: stage-1 scores only, max of min(C, S)."""
+"""The selection rules of bench/dit_guidance_select.py (stage-1 scores only, max of min(C, S)) and
+bench/auggen_repro_select.py (M_orig top-1 only)."""
 import numpy as np
 import pytest
 
@@ -23,3 +24,14 @@ def test_virtual_rows():
     assert np.array_equal(virtual_rows(10, 5, 2, 1), [10, 11])
     with pytest.raises(ValueError, match="2 virtual"):
         virtual_rows(10, 1, 0, 4)
+
+
+def test_auggen_select_rule_uses_m_orig_only_and_keeps_the_first_on_ties():
+    from bench.auggen_repro_select import choose
+
+    pts = [{"std": 0.05, "guidance": 3, "m_orig_top1": 0.2, "evaluator_top1": 0.9},
+           {"std": 0.05, "guidance": 5, "m_orig_top1": 0.3, "evaluator_top1": 0.1},
+           {"std": 0.10, "guidance": 3, "m_orig_top1": 0.3, "evaluator_top1": 0.5}]
+    assert choose(pts) is pts[1]
+    with pytest.raises(ValueError):
+        choose([])
