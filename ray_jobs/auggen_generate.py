@@ -200,8 +200,21 @@ def log_review(cfg: FacesynthConfig, tracker: Any, plan: dict[str, Any], out_dir
 
 
 def repro_evaluator(cfg: FacesynthConfig) -> Path:
+    """The FR model that judges D_repro: ``auggen.generate.evaluator``, else the independent evaluator
+    (``evaluate.evaluator`` or the run's ``train_evaluator`` export) when it exists, else M_orig (the run's
+    ``train_fr`` export), which is independent only for a generator with no class basis: ``label_basis``
+    conditions the generator on M_orig's prototypes, so then it is refused as the judge."""
     g = cfg.auggen.generate
-    return Path(g.evaluator or cfg.evaluate.evaluator or layout.fr_backbone_prefix(cfg))
+    if g.evaluator:
+        return Path(g.evaluator)
+    independent = layout.evaluator_prefix(cfg)
+    if cfg.evaluate.evaluator or Path(f"{independent}.safetensors").is_file():
+        return independent
+    if cfg.auggen.train.label_basis:
+        raise ConfigError(f"D_repro needs an FR model that played no part in the generator: auggen.train.label_basis "
+                          f"conditions it on M_orig's prototypes, and no independent evaluator exists at {independent} "
+                          f"(run train_evaluator, or set auggen.generate.evaluator=...)")
+    return layout.fr_backbone_prefix(cfg)
 
 
 def repro_top1(cfg: FacesynthConfig, out_dir: Path) -> dict[str, float]:

@@ -180,3 +180,18 @@ def test_autocast_dtype_bf16_on_cpu_only_when_asked():
     assert autocast_dtype(SimpleNamespace(bf16=True, cpu_bf16=True), cpu) is torch.bfloat16
     assert autocast_dtype(SimpleNamespace(bf16=True, cpu_bf16=False), gpu) is torch.bfloat16
     assert autocast_dtype(SimpleNamespace(bf16=False, cpu_bf16=True), gpu) is None
+
+
+def test_repro_judge_is_the_independent_evaluator_and_never_the_basis_model(tmp_path):
+    from ray_jobs import layout
+    from ray_jobs.auggen_generate import repro_evaluator
+
+    cfg = _cfg(tmp_path)
+    assert repro_evaluator(cfg) == layout.fr_backbone_prefix(cfg)  # one-hot labels, no evaluator: M_orig
+    with pytest.raises(ConfigError, match="no part in the generator"):
+        repro_evaluator(_cfg(tmp_path, "auggen.train.label_basis=stage1"))
+    ev = layout.evaluator_prefix(cfg)
+    save_backbone(build_backbone("iresnet_tiny", 32, base_width=8, layers=[1, 1, 1, 1], input_size=16), ev)
+    assert repro_evaluator(_cfg(tmp_path, "auggen.train.label_basis=stage1")) == ev
+    assert repro_evaluator(_cfg(tmp_path)) == ev
+    assert repro_evaluator(_cfg(tmp_path, f"auggen.generate.evaluator={tmp_path / 'x'}")) == tmp_path / "x"
