@@ -117,10 +117,14 @@ def export_from_checkpoint(checkpoint_dir: str | Path, snapshot_dir: str | Path,
         how = {"ema": "power", "ema_std": float(export_std), "from": "profile", "step": state["step"]}
     else:
         weights, how = _posthoc_weights(model, snapshot_dir, export_std)
-    model.load_state_dict(weights)  # refuse to export weights that do not fit
-    save_edm2_model(model, out_dir, extra={**(extra or {}), "export": how})
-    load_edm2_model(out_dir)
+    _export_checked(model, weights, out_dir, {**(extra or {}), "export": how})
     return how
+
+
+def _export_checked(model: EDM2Denoiser, weights: dict, out_dir: str | Path, extra: dict[str, Any]) -> None:
+    model.load_state_dict(weights)  # refuse to export weights that do not fit
+    save_edm2_model(model, out_dir, extra=extra)
+    load_edm2_model(out_dir)
 
 
 def _posthoc_weights(model: EDM2Denoiser, snapshot_dir: str | Path, std: float) -> tuple[dict, dict[str, Any]]:
@@ -140,8 +144,6 @@ def export_ema_width(model_dir: str | Path, snapshot_dir: str | Path, out_dir: s
     config = read_edm2_config(model_dir)
     model = EDM2Denoiser(EDM2Config.from_dict(config["model"]))
     weights, how = _posthoc_weights(model, snapshot_dir, std)
-    model.load_state_dict(weights)
     extra = {k: v for k, v in config.items() if k not in (KIND_KEY, "model")}
-    save_edm2_model(model, out_dir, extra={**extra, "export": {**how, "re_exported_from": str(model_dir)}})
-    load_edm2_model(out_dir)
+    _export_checked(model, weights, out_dir, {**extra, "export": {**how, "re_exported_from": str(model_dir)}})
     return how
