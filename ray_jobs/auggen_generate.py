@@ -24,6 +24,7 @@ from generation.mixing import check_weights, mixed_rows, repro_rows, sample_pair
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import ConfigError, FacesynthConfig, with_overrides
+from ray_jobs.run_record import check_or_write_record
 from ray_jobs.tracking import mlflow_run
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ WEIGHT_RANGE = (0.0, 2.0)  # alpha/beta accepted by the generate job (the search
 
 
 def search_best_file(cfg: FacesynthConfig) -> Path:
-    return layout.report_dir(cfg, "auggen_search") / "best.json"
+    return layout.auggen_search_dir(cfg) / "best.json"
 
 
 def chosen_weights(cfg: FacesynthConfig) -> tuple[float, float, str]:
@@ -84,16 +85,8 @@ def build_plan(cfg: FacesynthConfig, model_dir: Path) -> dict[str, Any]:
 
 def check_plan(out_dir: Path, plan: dict[str, Any], record: dict[str, Any]) -> None:
     """Write plan.json, or refuse to continue a folder made with another plan (nothing is overwritten)."""
-    path = out_dir / PLAN_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        diff = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
-        if diff:
-            raise ConfigError(f"{out_dir} holds a generation with another plan (differs in {diff}); "
-                              f"choose another auggen.generate.dataset_name or remove the folder")
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
+    check_or_write_record(out_dir / PLAN_FILE, record, f"{out_dir} (a generation)",
+                          "choose another auggen.generate.dataset_name or remove the folder")
 
 
 def _chunk_batch(plan: dict[str, Any], lo: int, hi: int) -> dict[str, np.ndarray]:
@@ -222,14 +215,21 @@ def repro_top1(cfg: FacesynthConfig, out_dir: Path) -> dict[str, float]:
     ``auggen.generate.evaluator``; it is an independent judge only if it played no part in training the
     generator (train_auggen uses no FR model, so the run's train_fr export qualifies for D_repro)."""
     from evaluation.embed import embed_shards
+    from evaluation.embedding_cache import evaluator_key, load_or_compute
     from evaluation.mixing_metric import class_centres, own_class_top1
     from fr.data.shards import list_shards
     from fr.face_embedder import load_face_embedder
 
     reference = Path(_trained_on(cfg))
-    evaluator = load_face_embedder(repro_evaluator(cfg))
+    prefix = repro_evaluator(cfg)
+    evaluator = load_face_embedder(prefix)  # flip on, no quality head: the cache key below says so
     real_info, gen_info = read_dataset_json(reference), read_dataset_json(out_dir)
-    real = embed_shards(evaluator, list_shards(reference), real_info.image_size)
+    # the real reference set is the same at every call (a selection grid scores many sets against it): its
+    # embeddings are cached beside it (evaluation.embedding_cache), keyed by this evaluator's files
+    real, stats = load_or_compute([reference], evaluator_key(prefix, None, True),
+                                  lambda shards: embed_shards(evaluator, shards, real_info.image_size))
+    log.info("auggen_generate: reference embeddings: %d shards cached, %d embedded", stats.cached[str(reference)],
+             stats.computed[str(reference)])
     real_emb = np.concatenate([e.embeddings for e in real.values()])
     real_labels = np.concatenate([e.labels for e in real.values()])
     gen = embed_shards(evaluator, list_shards(out_dir), gen_info.image_size)

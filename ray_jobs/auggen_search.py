@@ -7,7 +7,10 @@ every point), embed them with M_orig (the FR model trained on the same data) and
 that Tune runs in a reused actor do not load them again. One MLflow parent run (``<run>-auggen_search``)
 holds the heat maps, the best/worst sample grids and ``best.json``; every trial is a nested run
 (``MLflowLoggerCallback`` with the parent's id as ``mlflow.parentRunId``). A re-run with the same
-``run.name`` restores the Tune experiment: finished trials are kept, unfinished ones are run.
+search name (``auggen.search.report_name``, else ``run.name``) restores the Tune experiment: finished trials are
+kept, unfinished ones are run. The settings the search started with are recorded (``settings.json``) and a re-run
+with other settings (generator, M_orig, grid, pairs, images, steps, guidance, seed) is refused, so a finished
+grid is never reported for settings it did not run with.
 """
 from __future__ import annotations
 
@@ -27,11 +30,13 @@ from generation.mixing import check_weights, mixed_rows, sample_pairs
 from ray_jobs import layout
 from ray_jobs.cluster import init_ray
 from ray_jobs.config import ConfigError, FacesynthConfig
+from ray_jobs.run_record import check_or_write_record
 from ray_jobs.tracking import Tracker, mlflow_run, tracking_uri
 
 log = logging.getLogger(__name__)
 GRID_RANGE = (0.0, 2.0)  # accepted alpha/beta values
 PARENT_FILE = "mlflow_parent.json"
+SETTINGS_FILE = "settings.json"
 _LOADED: dict[str, Any] = {}  # per trial process: the generator and the FR model, loaded once
 
 
@@ -143,6 +148,26 @@ def validate_search(cfg: FacesynthConfig) -> dict[str, Any]:
     return {"model_dir": model_dir, "fr_prefix": fr_prefix, "data_dir": data_dir, "num_classes": num_classes}
 
 
+def search_record(cfg: FacesynthConfig, checked: dict[str, Any]) -> dict[str, Any]:
+    """Everything that decides the grid's scores (not its resources): what a restored experiment must match."""
+    s = cfg.auggen.search
+    return {"generator": str(Path(checked["model_dir"]).resolve()), "fr_model": str(Path(checked["fr_prefix"]).resolve()),
+            "alphas": list(s.alphas), "betas": list(s.betas), "num_pairs": s.num_pairs,
+            "images_per_pair": s.images_per_pair, "steps": s.steps, "guidance": s.guidance, "seed": cfg.run.seed,
+            "output_size": cfg.auggen.generate.output_size}
+
+
+def check_restorable(experiment: Path, report_dir: Path, record: dict[str, Any], restorable: bool) -> None:
+    """Record the search's settings, or refuse a re-run whose settings differ from the experiment's (or whose
+    experiment has no record, so its settings cannot be told)."""
+    hint = (f"set auggen.search.report_name=<new name> for a second search in this run, or remove {experiment} "
+            f"and {report_dir} to redo this one")
+    if restorable and not (report_dir / SETTINGS_FILE).is_file():
+        raise ConfigError(f"auggen_search: the Tune experiment {experiment} has no {SETTINGS_FILE} in {report_dir}, "
+                          f"so its settings cannot be checked against these; {hint}")
+    check_or_write_record(report_dir / SETTINGS_FILE, record, f"auggen_search {report_dir}", hint)
+
+
 def _grids(cfg: FacesynthConfig, generator: Any, pairs: np.ndarray, points: dict[str, dict], out: Path) -> list[Path]:
     """Sample grids (one row per pair, M images) of the best and the worst grid point."""
     from evaluation.plots import image_grid
@@ -194,19 +219,19 @@ def run_auggen_search(cfg: FacesynthConfig) -> dict[str, Any]:
     opts = {"steps": s.steps, "guidance": s.guidance, "batch_size": s.batch_size, "num_threads": s.num_threads,
             "use_gpu": s.gpus_per_trial > 0, "images_per_pair": s.images_per_pair, "seed": cfg.run.seed,
             "output_size": cfg.auggen.generate.output_size, "fail_at_alpha": s.fail_at_alpha}
-    out = layout.report_dir(cfg, "auggen_search").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = layout.auggen_search_dir(cfg).resolve()
+    name = f"{layout.auggen_search_name(cfg)}-auggen_search"
+    storage = layout.ray_storage(cfg)
+    path = storage / name
+    check_restorable(path, out, search_record(cfg, checked), tune.Tuner.can_restore(str(path)))
     opts["report_dir"] = str(out)
     init_ray(cfg.ray)
-    name = f"{cfg.run.name}-auggen_search"
-    storage = layout.ray_storage(cfg)
     with parent_run(cfg, out) as tracker:
         trainable = tune.with_resources(
             tune.with_parameters(grid_trial, model_dir=str(checked["model_dir"].resolve()),
                                  fr_prefix=str(Path(checked["fr_prefix"]).resolve()), pairs=pairs, centres=centres,
                                  opts=opts),
             {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
-        path = storage / name
         if tune.Tuner.can_restore(str(path)):
             log.info("auggen_search: resuming %s (finished trials are kept)", path)
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

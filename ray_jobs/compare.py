@@ -60,6 +60,13 @@ def realaug_config(cfg: FacesynthConfig) -> FacesynthConfig:
                                 *c.generate_overrides, *c.realaug_overrides])
 
 
+def _missing_given(path: Path, key: str) -> None:
+    """A dataset the user named has no manifest: say so, and where it is when they named its parent folder."""
+    inner = path / "train"  # a job's dataset folder holds the set itself in train/
+    hint = f" (its train/ folder has one: compare.{key}={inner})" if (inner / MANIFEST).exists() else ""
+    raise FileNotFoundError(f"compare.{key}: {path} has no {MANIFEST}{hint}")
+
+
 def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
     """The real, virtual and real-ID augmentation datasets; synthetic ones are generated if missing."""
     c = cfg.compare
@@ -69,7 +76,7 @@ def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
         dirs["virtual"] = Path(c.virtual) if c.virtual else layout.generate_out_dir(vcfg)
         if not (dirs["virtual"] / MANIFEST).exists():
             if c.virtual:
-                raise FileNotFoundError(f"compare.virtual: {dirs['virtual']} has no {MANIFEST}")
+                _missing_given(dirs["virtual"], "virtual")
             JOBS["generate"](vcfg)
     if "realaug" in needed:
         if c.augment_real_to < 1:
@@ -83,7 +90,7 @@ def _source_dirs(cfg: FacesynthConfig, needed: set[str]) -> dict[str, Path]:
         dirs["auggen"] = Path(c.auggen) if c.auggen else layout.auggen_dataset_dir(gcfg)
         if not (dirs["auggen"] / MANIFEST).exists():
             if c.auggen:
-                raise FileNotFoundError(f"compare.auggen: {dirs['auggen']} has no {MANIFEST}")
+                _missing_given(dirs["auggen"], "auggen")
             JOBS["auggen_generate"](gcfg)
     return dirs
 

@@ -83,6 +83,7 @@ class AugGenSearchSection:
     gpus_per_trial: float = 0.0
     max_concurrent: int = 2
     num_threads: int = 1  # torch threads per trial
+    report_name: str = ""  # names this search's report folder and Tune experiment; empty: run.name
     fail_at_alpha: float = 0.0  # fault injection for tests: trials at this alpha raise once (marker in the report dir)
 
 

@@ -154,6 +154,17 @@ def auggen_dataset_dir(cfg: FacesynthConfig) -> Path:
     return dataset_dir(cfg, g.dataset_name or f"auggen_{g.which}")
 
 
+def auggen_search_name(cfg: FacesynthConfig) -> str:
+    """The search's name: ``auggen.search.report_name``, else ``run.name`` (several searches of one run, e.g.
+    at two guidances, each keep their own Tune experiment and report folder)."""
+    return cfg.auggen.search.report_name or cfg.run.name
+
+
+def auggen_search_dir(cfg: FacesynthConfig) -> Path:
+    """``auggen_search/<search name>``: the grid's report (``best.json``, which ``auggen_generate`` reads)."""
+    return run_root(cfg) / "auggen_search" / auggen_search_name(cfg)
+
+
 def pipeline_report_dir(cfg: FacesynthConfig) -> Path:
     """The pipeline's stage record (``state.json``) and its summary."""
     return report_dir(cfg, "pipeline")

@@ -1,6 +1,7 @@
 """AugGen jobs on Ray: train_auggen (resume, export), auggen_generate (repro/mixed shards, resume, provenance)
 and auggen_search (Tune grid with nested MLflow runs, resume after a failed trial). Tiny sizes throughout."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,12 @@ def test_train_resume_export_then_generate_repro_and_mixed(setup, tmp_path, ray_
     top1 = repro_top1(_cfg(tmp_path, *common, "auggen.generate.which=repro", f"auggen.generate.evaluator={setup['fr']}"),
                       res["out_dir"])
     assert top1["chance"] == 0.25 and 0.0 <= top1["top1"] <= 1.0 and top1["num_images"] == 12
+    cached = list(Path(f"{setup['data'].resolve()}.embeddings").glob("*/*.parquet"))
+    assert cached  # the reference set's embeddings, reused by the next call (a selection grid makes many)
+    stamp = cached[0].stat().st_mtime_ns
+    again = repro_top1(_cfg(tmp_path, *common, "auggen.generate.which=repro", f"auggen.generate.evaluator={setup['fr']}"),
+                       res["out_dir"])
+    assert again["top1"] == top1["top1"] and cached[0].stat().st_mtime_ns == stamp
     cfg_mixed = _cfg(tmp_path, *common, "auggen.generate.which=mixed", "auggen.generate.num_new_classes=3",
                      "auggen.generate.alpha=0.7", "auggen.generate.beta=0.6")
     out = run_auggen_generate(cfg_mixed)["out_dir"]
@@ -102,7 +109,7 @@ def test_train_resume_export_then_generate_repro_and_mixed(setup, tmp_path, ray_
     shard_path(out, 1).unlink()  # an interrupted run: only the missing shard is redone
     again = read_dataset_json(run_auggen_generate(cfg_mixed)["out_dir"])
     assert again.extra["shards_resumed"] == 1 and shard_path(out, 0).read_bytes() == first
-    with pytest.raises(ConfigError, match="another plan"):
+    with pytest.raises(ConfigError, match="other settings"):
         run_auggen_generate(_cfg(tmp_path, *common, "auggen.generate.which=mixed", "auggen.generate.num_new_classes=3",
                                  "auggen.generate.alpha=0.9", "auggen.generate.beta=0.6"))
     with pytest.raises(ValueError, match="beta=2.5"):
@@ -195,3 +202,24 @@ def test_repro_judge_is_the_independent_evaluator_and_never_the_basis_model(tmp_
     assert repro_evaluator(_cfg(tmp_path, "auggen.train.label_basis=stage1")) == ev
     assert repro_evaluator(_cfg(tmp_path)) == ev
     assert repro_evaluator(_cfg(tmp_path, f"auggen.generate.evaluator={tmp_path / 'x'}")) == tmp_path / "x"
+
+
+def test_search_refuses_to_restore_an_experiment_of_other_settings(tmp_path):
+    """A restored Tune grid keeps its finished trials: a re-run at another guidance must not report them."""
+    from ray_jobs import layout
+    from ray_jobs.auggen_search import SETTINGS_FILE, check_restorable
+
+    report, experiment = tmp_path / "report", tmp_path / "ray_train" / "t-auggen_search"
+    record = {"generator": "/g", "guidance": 5.0, "alphas": [0.3, 0.7]}
+    check_restorable(experiment, report, record, restorable=False)  # a new search: the record is written
+    assert json.loads((report / SETTINGS_FILE).read_text()) == record
+    check_restorable(experiment, report, dict(record), restorable=True)  # the same settings: resumed
+    with pytest.raises(ConfigError, match=r"differs in \['guidance'\].*5\.0 there, 1\.0 now.*report_name"):
+        check_restorable(experiment, report, {**record, "guidance": 1.0}, restorable=True)
+    (report / SETTINGS_FILE).unlink()
+    with pytest.raises(ConfigError, match="cannot be checked"):
+        check_restorable(experiment, report, record, restorable=True)  # an experiment of unknown settings
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "auggen.search.report_name=g1"])
+    assert layout.auggen_search_dir(cfg) == tmp_path / "auggen_search" / "g1"
+    assert layout.auggen_search_dir(load_config(None, [f"run.output_dir={tmp_path}", "run.name=r"])) == \
+        tmp_path / "auggen_search" / "r"

@@ -108,3 +108,18 @@ def test_report_name_keeps_tables_apart(tmp_path):
     base = [f"run.output_dir={tmp_path}", "run.name=r"]
     assert compare_report_dir(load_config(None, base)) == tmp_path / "compare" / "r"
     assert compare_report_dir(load_config(None, base + ["compare.report_name=auggen"])).name == "auggen"
+
+
+def test_a_named_dataset_without_manifest_points_at_its_train_folder(tmp_path):
+    from ray_jobs.compare import _source_dirs
+
+    given = tmp_path / "auggen_mixed_x"
+    (given / "train").mkdir(parents=True)
+    (given / "train" / "dataset.json").write_text("{}")
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", f"compare.auggen={given}"])
+    with pytest.raises(FileNotFoundError, match=r"compare.auggen: .*auggen_mixed_x has no dataset.json \(its train/ "
+                                                r"folder has one: compare.auggen=.*auggen_mixed_x/train\)"):
+        _source_dirs(cfg, {"real", "auggen"})
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", f"compare.auggen={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match=r"nowhere has no dataset.json$"):
+        _source_dirs(cfg, {"real", "auggen"})
