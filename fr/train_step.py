@@ -1,7 +1,8 @@
 """The FR training step: backbone + classifier head (+ CR-FIQA quality loss) in plain PyTorch.
 
 :class:`FRTrainStep` is the counterpart of ``generation.trainer_step.dit_train_step``: one call runs the
-forward under autocast (bf16, or fp16 with a grad scaler, on CUDA), composes the loss, agrees with every
+forward under autocast (bf16, or fp16 with a grad scaler, on CUDA; bf16 on a CPU with bf16 units when
+``cpu_bf16`` is asked for: ``fr.training.autocast_dtype``), composes the loss, agrees with every
 other rank whether it is finite (a MIN all-reduce, so all ranks skip or stop together), and steps both
 optimizers with the backbone gradient clipped. Any :class:`fr.heads.ClassifierHead` plugs in; the job
 around it (``ray_jobs.train_fr``) only wires it to Ray Train.
@@ -16,7 +17,7 @@ from torch import nn
 
 from fr.crfiqa import certainty_ratio, quality_loss
 from fr.heads import ClassifierHead
-from fr.training import NonFiniteGuard, all_ranks_finite, clip_and_step, set_lr
+from fr.training import NonFiniteGuard, all_ranks_finite, autocast_dtype, clip_and_step, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class FRTrainStep:
 
     def __init__(self, net: nn.Module, head: ClassifierHead, net_optimizer: torch.optim.Optimizer,
                  head_optimizer: torch.optim.Optimizer, *, device: torch.device, crfiqa_weight: float = 10.0,
-                 grad_clip: float = 5.0, amp: bool = True, max_nonfinite: int = 5, nonfinite_total: int = 0):
+                 grad_clip: float = 5.0, amp: bool = True, max_nonfinite: int = 5, nonfinite_total: int = 0,
+                 cpu_bf16: bool = False):
         inner = net.module if hasattr(net, "module") else net
         if getattr(inner, "quality", None) is not None and not head.provides_centres:
             raise ValueError(f"CR-FIQA needs class centres (ccs/nnccs); the {type(head).__name__} head has none: "
@@ -39,9 +41,13 @@ class FRTrainStep:
         self.net, self.head, self.device = net, head, device
         self.optimizers = [net_optimizer, head_optimizer]
         self.crfiqa_weight, self.grad_clip = crfiqa_weight, grad_clip
-        self.amp = amp and device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.amp_dtype == torch.float16 else None
+        if device.type == "cuda":
+            self.amp = amp
+            self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            cpu_dtype = autocast_dtype(device, False, cpu_bf16)
+            self.amp, self.amp_dtype = cpu_dtype is not None, cpu_dtype or torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.amp_dtype == torch.float16 else None  # CUDA fp16
         self.guard = NonFiniteGuard(max_nonfinite)
         self.guard.total = nonfinite_total
         self.backbone_params = list(net.parameters())

@@ -100,6 +100,7 @@ class TrainFRSection:
     warmup_epochs: float = 0.0  # poly schedule
     grad_clip: float = 5.0  # max global grad norm of the backbone; 0 = off
     amp: bool = True  # bf16/fp16 autocast on GPU (ignored on CPU)
+    cpu_bf16: bool = False  # bf16 autocast on a CPU with bf16 units (fr.training.autocast_dtype; docs/benchmarks.md)
     augment: bool = True  # VIGFace Appendix A augmentations + flip
     augment_prob: float = 0.2
     num_workers: int = 1  # Ray Train workers
@@ -142,6 +143,7 @@ class TrainDiTSection:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     bf16: bool = True  # autocast on GPU
+    cpu_bf16: bool = False  # bf16 autocast on a CPU with bf16 units (fr.training.autocast_dtype; docs/benchmarks.md)
     grad_checkpointing: bool = False
     log_every: int = 50
     checkpoint_every: int = 5000

@@ -22,7 +22,7 @@ import torch
 
 from fr.data.shards import check_labels, content_fingerprint, read_dataset_json
 from fr.prototypes import PrototypeFileError, load_prototypes
-from fr.training import GlobalBatchOrder, NonFiniteGuard
+from fr.training import GlobalBatchOrder, NonFiniteGuard, autocast_dtype
 from generation.edm2_checkpoint import export_from_checkpoint, load_edm2_checkpoint, save_edm2_checkpoint
 from generation.edm2_data import EDM2FaceData
 from generation.edm2_ema import PowerEMA, std_to_gamma
@@ -100,12 +100,6 @@ def grid_classes(num_classes: int, n: int) -> list[int]:
 # worker side
 
 
-def autocast_dtype(t: Any, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on a GPU with ``auggen.train.bf16``, on the CPU only with ``auggen.train.cpu_bf16``."""
-    on = t.bf16 if device.type == "cuda" else t.cpu_bf16 if device.type == "cpu" else False
-    return torch.bfloat16 if on else None
-
-
 def train_loop(loop_config: dict) -> None:
     wc = worker_context(loop_config, "auggen")  # GPU if auggen.train.use_gpu (AugGenSection.use_gpu)
     cfg, rank, world, device = wc.cfg, wc.rank, wc.world, wc.device
@@ -122,7 +116,7 @@ def train_loop(loop_config: dict) -> None:
     ema = PowerEMA(model, tuple(t.ema_stds))
     optimizer = make_optimizer(model, t.ref_lr)
     loss_cfg = EDM2LossConfig(t.p_mean, t.p_std, model_cfg.sigma_data, t.label_dropout)
-    amp = autocast_dtype(t, device)
+    amp = autocast_dtype(device, t.bf16, t.cpu_bf16)
     guard = NonFiniteGuard(t.max_nonfinite)
     export_dir = Path(loop_config["export_dir"])
     modules: dict[str, Any] = {"model": model}

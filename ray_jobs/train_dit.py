@@ -28,7 +28,7 @@ from fr.data.shards import content_fingerprint, list_shards, read_dataset_json
 from evaluation.curves import plot_curves
 from evaluation.embed import load_evaluator, read_shard_faces
 from evaluation.independent_evaluator import FidelityProbe, flat_fidelity
-from fr.training import GlobalBatchOrder, NonFiniteGuard
+from fr.training import GlobalBatchOrder, NonFiniteGuard, autocast_dtype
 from generation.checkpoint import STATE_FILE, export_ema, load_dit_checkpoint, save_dit_checkpoint, weights_sha1
 from generation.conditions import condition_prototypes, grid_conditions
 from generation.dit import DiT, DiTConfig, dit_config
@@ -143,7 +143,7 @@ def train_loop(loop_config: dict) -> None:
     id_fn = None
     if t.id_weight > 0:
         id_fn = frozen(load_backbone(loop_config["backbone"], expected_name=cfg.train_fr.backbone)).to(device)
-    amp_dtype = torch.bfloat16 if t.bf16 and device.type == "cuda" else None
+    amp_dtype = autocast_dtype(device, t.bf16, t.cpu_bf16)
     guard = NonFiniteGuard(t.max_nonfinite)
     modules: dict[str, Any] = {"model": model}
     grid = grid_conditions(protos.num_real, protos.num_virtual, t.sample_identities, dataset.landmarks,

@@ -145,7 +145,7 @@ def train_loop(loop_config: dict) -> None:
         modules["net"] = ray.train.torch.prepare_model(net) if world > 1 else net.to(device)
         steps["fr"] = FRTrainStep(modules["net"], head, net_opt, head_opt, device=device, crfiqa_weight=t.crfiqa_weight,
                                   grad_clip=t.grad_clip, amp=t.amp, max_nonfinite=t.max_nonfinite,
-                                  nonfinite_total=state.get("nonfinite_total", 0))
+                                  nonfinite_total=state.get("nonfinite_total", 0), cpu_bf16=t.cpu_bf16)
 
     parts = TrainerParts(
         total_steps=total_steps, steps_per_epoch=order.steps_per_epoch, epoch_batches=epoch_batches,

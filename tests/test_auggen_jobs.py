@@ -175,19 +175,6 @@ def test_d_repro_evaluation_gets_its_own_report_folder(tmp_path, monkeypatch):
     assert seen["dir"] == tmp_path / "evaluate" / "r-auggen_repro"
 
 
-def test_autocast_dtype_bf16_on_cpu_only_when_asked():
-    from types import SimpleNamespace
-
-    import torch
-
-    from ray_jobs.train_auggen import autocast_dtype
-
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype(SimpleNamespace(bf16=True, cpu_bf16=False), cpu) is None
-    assert autocast_dtype(SimpleNamespace(bf16=True, cpu_bf16=True), cpu) is torch.bfloat16
-    assert autocast_dtype(SimpleNamespace(bf16=True, cpu_bf16=False), gpu) is torch.bfloat16
-    assert autocast_dtype(SimpleNamespace(bf16=False, cpu_bf16=True), gpu) is None
-
 
 def test_repro_judge_is_the_independent_evaluator_and_never_the_basis_model(tmp_path):
     from ray_jobs import layout

@@ -83,3 +83,42 @@ def test_validate_fr_config_errors_before_training():
         validate_fr_config(TrainFRSection(batch_size=64), 10)
     with pytest.raises(ValueError, match="lr_schedule"):
         validate_fr_config(TrainFRSection(batch_size=8, lr_schedule="exp"), 100)
+
+
+def test_autocast_dtype_bf16_on_cpu_only_when_asked_and_supported(monkeypatch, caplog):
+    import fr.training as training
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert training.autocast_dtype(cpu, gpu_bf16=True, cpu_bf16=False) is None
+    assert training.autocast_dtype(cpu, gpu_bf16=False, cpu_bf16=True) is torch.bfloat16
+    assert training.autocast_dtype(gpu, gpu_bf16=True, cpu_bf16=False) is torch.bfloat16
+    assert training.autocast_dtype(gpu, gpu_bf16=False, cpu_bf16=True) is None
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)  # emulated bf16 would be slower: fp32, warned
+    with caplog.at_level("WARNING"):
+        assert training.autocast_dtype(cpu, gpu_bf16=False, cpu_bf16=True) is None
+    assert "no bf16 units" in caplog.text
+
+
+def test_fr_step_runs_under_cpu_bf16_with_fp32_weights(monkeypatch):
+    import fr.train_step as train_step
+    from fr.backbones import build_backbone
+    from fr.fr_model import FRNet
+    from fr.head_registry import HeadSpec, build_head
+    from fr.margins import build_margin
+
+    monkeypatch.setattr(train_step, "autocast_dtype", lambda device, gpu, cpu: torch.bfloat16 if cpu else None)
+    torch.manual_seed(0)
+    net = FRNet(build_backbone("iresnet_tiny", 16, base_width=8, input_size=32), 16, crfiqa=False)
+    head = build_head("softmax", HeadSpec(num_classes=5, embedding_size=16, margin=build_margin("arcface")))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (net, head)]
+    fp32 = train_step.FRTrainStep(net, head, *opts, device=torch.device("cpu"))
+    assert not fp32.amp
+    step = train_step.FRTrainStep(net, head, *opts, device=torch.device("cpu"), cpu_bf16=True)
+    assert step.amp and step.amp_dtype is torch.bfloat16 and step.scaler is None
+    seen = []
+    hook = net.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    out = step(torch.randn(8, 3, 32, 32), torch.arange(8) % 5, lr=0.1, step=0)
+    hook.remove()
+    assert seen == [torch.bfloat16] and np.isfinite(float(out["loss"]))  # the forward ran in bf16
+    assert all(p.dtype is torch.float32 for p in net.parameters())  # the weights stay fp32
