@@ -5,7 +5,8 @@
 
 ``fr`` runs ``bench/fr_train_throughput.py --order bare,ray`` (the FR training step of each checkout in a
 plain process and in a Ray Train worker) and reads both median images/s; ``dit`` runs
-``bench/dit_throughput.py --sizes tiny`` and reads the training step's and the sampler's images/s. Runs alternate before/after/after/before... so that drift of a
+``bench/dit_throughput.py --sizes tiny`` and reads the training step's and the sampler's images/s; ``dit_train``
+times only the DiT training step, over more steps (``bench/dit_train_only.py``; ``-- --steps N``). Runs alternate before/after/after/before... so that drift of a
 shared machine falls on both sides; each side's figure is the median of its runs, and the ratio is
 after / before. Prints a table and writes JSON (``--out``).
 """
@@ -30,6 +31,10 @@ BENCHES = {
            lambda r: {"step": r["median_images_per_s"]["bare"], "step in Ray Train": r["median_images_per_s"]["ray"]}),
     "dit": (["bench/dit_throughput.py", "--sizes", "tiny"],
             lambda r: {row["what"]: row["images_per_s"] for row in r["rows"]}),
+    # the DiT step alone over --steps (default 40) timed steps: this checkout's runner imports each side's
+    # bench.dit_throughput (bench/dit_train_only.py), so the old checkout needs no new file
+    "dit_train": ([str(REPO_ROOT / "bench/dit_train_only.py")],
+                  lambda r: {row["what"]: row["images_per_s"] for row in r["rows"]}),
 }
 
 

@@ -213,17 +213,18 @@ def run_auggen_search(cfg: FacesynthConfig) -> dict[str, Any]:
 
     s = cfg.auggen.search
     checked = validate_search(cfg)
+    out = layout.auggen_search_dir(cfg).resolve()
+    name = f"{layout.auggen_search_name(cfg)}-auggen_search"
+    storage = layout.ray_storage(cfg)
+    path = storage / name
+    # before any work: a restore must be of a grid with these settings
+    check_restorable(path, out, search_record(cfg, checked), tune.Tuner.can_restore(str(path)))
     pairs = sample_pairs(checked["num_classes"], s.num_pairs, cfg.run.seed)
     embedder = load_face_embedder(checked["fr_prefix"])
     centres = source_centres(embedder, checked["data_dir"], np.concatenate([pairs[:, 0], pairs[:, 1]]))
     opts = {"steps": s.steps, "guidance": s.guidance, "batch_size": s.batch_size, "num_threads": s.num_threads,
             "use_gpu": s.gpus_per_trial > 0, "images_per_pair": s.images_per_pair, "seed": cfg.run.seed,
             "output_size": cfg.auggen.generate.output_size, "fail_at_alpha": s.fail_at_alpha}
-    out = layout.auggen_search_dir(cfg).resolve()
-    name = f"{layout.auggen_search_name(cfg)}-auggen_search"
-    storage = layout.ray_storage(cfg)
-    path = storage / name
-    check_restorable(path, out, search_record(cfg, checked), tune.Tuner.can_restore(str(path)))
     opts["report_dir"] = str(out)
     init_ray(cfg.ray)
     with parent_run(cfg, out) as tracker:
