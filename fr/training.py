@@ -153,7 +153,7 @@ def cpu_has_bf16() -> bool:
 
 def autocast_dtype(device: torch.device, gpu_bf16: bool, cpu_bf16: bool) -> torch.dtype | None:
     """The training forward's autocast dtype (None: fp32). bf16 on a GPU with ``gpu_bf16``; on the CPU with
-    ``cpu_bf16`` where the CPU has bf16 units (oneDNN's bf16 kernels: 1.3-1.7x the fp32 step of the tiny
+    ``cpu_bf16`` where the CPU has bf16 units (oneDNN's bf16 kernels: 1.2-1.7x the fp32 step of the tiny
     models on an AVX512-BF16 core, ``bench/cpu_bf16.py``); without them bf16 is emulated and slower than
     fp32, so it stays fp32 with a warning. Weights, optimiser state and the loss stay fp32 either way."""
     if device.type == "cuda":
