@@ -236,7 +236,7 @@ def repro_top1(cfg: FacesynthConfig, out_dir: Path) -> dict[str, float]:
     centres = class_centres(real_emb, real_labels, range(real_info.num_classes))
     top1 = own_class_top1(np.concatenate([e.embeddings for e in gen.values()]),
                           np.concatenate([e.labels for e in gen.values()]), centres)
-    top1["evaluator"] = str(repro_evaluator(cfg))
+    top1["evaluator"] = str(prefix)
     (out_dir.parent / "repro_top1.json").write_text(json.dumps(top1, indent=1))
     log.info("auggen_generate: D_repro top-1 %.4f (chance %.4f) by %s", top1["top1"], top1["chance"],
              top1["evaluator"])

@@ -218,7 +218,8 @@ def run_auggen_search(cfg: FacesynthConfig) -> dict[str, Any]:
     storage = layout.ray_storage(cfg)
     path = storage / name
     # before any work: a restore must be of a grid with these settings
-    check_restorable(path, out, search_record(cfg, checked), tune.Tuner.can_restore(str(path)))
+    restorable = tune.Tuner.can_restore(str(path))
+    check_restorable(path, out, search_record(cfg, checked), restorable)
     pairs = sample_pairs(checked["num_classes"], s.num_pairs, cfg.run.seed)
     embedder = load_face_embedder(checked["fr_prefix"])
     centres = source_centres(embedder, checked["data_dir"], np.concatenate([pairs[:, 0], pairs[:, 1]]))
@@ -233,7 +234,7 @@ def run_auggen_search(cfg: FacesynthConfig) -> dict[str, Any]:
                                  fr_prefix=str(Path(checked["fr_prefix"]).resolve()), pairs=pairs, centres=centres,
                                  opts=opts),
             {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
-        if tune.Tuner.can_restore(str(path)):
+        if restorable:
             log.info("auggen_search: resuming %s (finished trials are kept)", path)
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
         else:

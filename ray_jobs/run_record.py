@@ -21,8 +21,14 @@ def check_or_write_record(path: Path, record: dict[str, Any], what: str, hint: s
         saved = json.loads(path.read_text())
         diff = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
         if diff:
-            shown = "; ".join(f"{k}: {saved.get(k)!r} there, {record.get(k)!r} now" for k in diff[:4])
+            shown = "; ".join(f"{k}: {_short(saved.get(k))} there, {_short(record.get(k))} now" for k in diff[:4])
             raise ConfigError(f"{what} was made with other settings (differs in {diff}: {shown}); {hint}")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value for the message (a plan's per-class list can be thousands of entries)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
